@@ -1,0 +1,89 @@
+"""Shared fixtures: offline settings, a network guard, and the tiny local models."""
+
+import ipaddress
+import os
+import socket
+from pathlib import Path
+
+import pytest
+
+# Before transformers/vLLM are imported anywhere: no Hub, no telemetry.
+for name, value in {
+    "HF_HUB_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+    "HF_HUB_DISABLE_TELEMETRY": "1",
+    "VLLM_NO_USAGE_STATS": "1",
+    "DO_NOT_TRACK": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+}.items():
+    os.environ.setdefault(name, value)
+
+REPO = Path(__file__).resolve().parents[1]
+CRITERIA = REPO / "datasets" / "criteria"
+SAMPLES = REPO / "datasets" / "samples"
+PIE_TYPES = (
+    "False Premise",
+    "Unanswerable Questions",
+    "Subject Ambiguity",
+    "Subjective Interpretations",
+    "Unclear User Background",
+    "Hidden Human Preferences",
+)
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class NetworkAccessError(RuntimeError):
+    pass
+
+
+@pytest.fixture(autouse=True)
+def no_network(monkeypatch):
+    """Tests may talk to servers they start on loopback, and to nothing else."""
+    real_connect, real_connect_ex = socket.socket.connect, socket.socket.connect_ex
+
+    def check(sock, address):
+        if sock.family in (socket.AF_INET, socket.AF_INET6) and not _is_loopback(address[0]):
+            raise NetworkAccessError(f"test tried to reach {address}: tests stay on loopback")
+
+    def connect(sock, address):
+        check(sock, address)
+        return real_connect(sock, address)
+
+    def connect_ex(sock, address):
+        check(sock, address)
+        return real_connect_ex(sock, address)
+
+    monkeypatch.setattr(socket.socket, "connect", connect)
+    monkeypatch.setattr(socket.socket, "connect_ex", connect_ex)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory):
+    """tiny_model(arch, size="tiny") -> folder of a built model, built once per session."""
+    from pipeline.tiny_model import TinyModelConfig, build_tiny_model
+
+    root = tmp_path_factory.mktemp("models")
+    built: dict[tuple[str, str], Path] = {}
+
+    def get(arch: str = "llava", size: str = "tiny") -> Path:
+        if (arch, size) not in built:
+            cfg = TinyModelConfig(arch=arch, size=size, out=str(root / f"{arch}-{size}"))
+            built[(arch, size)] = build_tiny_model(cfg)
+        return built[(arch, size)]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def sample_image():
+    from PIL import Image
+
+    return Image.open(SAMPLES / "images" / "sample_001.jpg").convert("RGB")
