@@ -1,0 +1,55 @@
+"""One config system: dataclasses filled from a YAML file, then from the command line.
+
+`macaroon CMD --config configs/CMD.yaml --field value` gives every option one name in
+YAML and on the command line, as TRL's `TrlParser` does for its trainers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from pathlib import Path
+
+import yaml
+
+
+def parse_config(dataclass_types: Sequence[type], argv: Sequence[str], prog: str) -> tuple:
+    """Parse `argv` (with an optional `--config FILE.yaml`) into one instance per type."""
+    from trl import TrlParser
+
+    argv = list(argv)
+    if "--config" in argv:
+        index = argv.index("--config")
+        if index + 1 >= len(argv):
+            raise ConfigError(f"{prog}: --config needs a YAML file path")
+        path = Path(argv[index + 1])
+        if not path.is_file():
+            raise ConfigError(f"{prog}: config file {path} not found")
+        _check_keys(path, dataclass_types)
+    parser = TrlParser(dataclass_types=list(dataclass_types), prog=prog)
+    return tuple(parser.parse_args_and_config(args=argv))
+
+
+def _check_keys(path: Path, dataclass_types: Sequence[type]) -> None:
+    """Name the file and the key when a YAML config holds an unknown option."""
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from err
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of option: value")
+    known = {f.name for t in dataclass_types for f in dataclasses.fields(t)} | {"env"}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ConfigError(
+            f"{path}: unknown option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}"
+        )
+
+
+def config_dict(config: object) -> dict:
+    """A config as plain data, for saving beside outputs."""
+    return dataclasses.asdict(config)
+
+
+class ConfigError(ValueError):
+    """A config file or option is wrong; the message names the file and the option."""

@@ -1,0 +1,49 @@
+"""The `macaroon` console script: commands that exist work; bad input exits 2 with a reason."""
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import CRITERIA, PIE_TYPES
+
+from pipeline.cli import COMMANDS, main
+
+
+def test_console_script_lists_only_working_commands():
+    script = Path(sys.executable).parent / "macaroon"  # installed beside the interpreter
+    assert script.is_file()
+    out = subprocess.run([str(script), "--help"], capture_output=True, text=True, check=True).stdout
+    for name in COMMANDS:
+        assert name in out
+    assert set(COMMANDS) == {"tiny-model", "criteria", "demo"}
+
+
+def test_unknown_command_exits_2(capsys):
+    assert main(["fly"]) == 2
+    assert "unknown command 'fly'" in capsys.readouterr().err
+
+
+def test_demo_renders_a_prompt_per_image_and_type(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["demo", "--out", "demo"]) == 0
+    rows = [json.loads(line) for line in (tmp_path / "demo" / "prompts.jsonl").open()]
+    assert len(rows) == 12 * 6
+    assert {r["question_type"] for r in rows} == set(PIE_TYPES)
+    assert (tmp_path / "outputs/models/llava-tiny/model.safetensors").is_file()
+    assert "72 prompts" in capsys.readouterr().out
+
+
+def test_criteria_command_reports_a_bad_file(tmp_path, capsys):
+    shutil.copytree(CRITERIA, tmp_path / "c")
+    (tmp_path / "c" / "false_premise.yaml").write_text("name: False Premise\n")
+    assert main(["criteria", "--criteria_dir", str(tmp_path / "c")]) == 2
+    err = capsys.readouterr().err
+    assert "false_premise.yaml: missing field(s)" in err and "Traceback" not in err
+
+
+def test_criteria_command_lists_types(capsys):
+    assert main(["criteria"]) == 0
+    out = capsys.readouterr().out
+    assert all(name in out for name in PIE_TYPES) and "6 question types" in out
