@@ -1,0 +1,146 @@
+"""Generation backends behind one interface (DESIGN.md §4).
+
+A backend takes a list of chat `Request`s and yields one `Completion` per request as each
+finishes (any order; `Completion.index` says which). `generate_in_order` collects them in
+request order. Every backend sees the same requests: messages in the transformers/OpenAI
+chat layout, with `{"type": "image"}` parts filled from `Request.images` in order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """Sampling parameters; part of every record key."""
+
+    max_tokens: int = 256
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class Request:
+    """One chat request. `messages` hold `{"type": "image"}` placeholders, one per image."""
+
+    messages: list[dict]
+    images: tuple[Path, ...] = ()
+    sampling: Sampling = field(default_factory=Sampling)
+
+
+@dataclass(frozen=True)
+class Completion:
+    """The answer to `requests[index]`: `text`, or `error` (a reason) when it failed."""
+
+    index: int
+    text: str | None
+    error: str | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+class Backend(Protocol):
+    name: str  # "hf", "vllm", "openai"
+    model_id: str  # what record keys and dataset cards name (path, Hub id or API model)
+
+    def generate(self, requests: Sequence[Request]) -> Iterator[Completion]:
+        """Yield one Completion per request as it finishes. A failure is a Completion
+        with `error` set, never an exception, unless the backend itself cannot run."""
+        ...
+
+    def close(self) -> None: ...
+
+
+def generate_in_order(backend: Backend, requests: Sequence[Request]) -> list[Completion]:
+    done = sorted(backend.generate(requests), key=lambda c: c.index)
+    assert [c.index for c in done] == list(range(len(requests))), "backend lost a request"
+    return done
+
+
+BACKENDS = ("hf", "vllm", "openai")
+
+
+@dataclass
+class BackendConfig:
+    """Which model answers, and how. Shared by every stage that generates."""
+
+    backend: str = field(default="hf", metadata={"help": f"One of {', '.join(BACKENDS)}."})
+    model: str = field(
+        default="outputs/models/llava-tiny",
+        metadata={"help": "Local folder or Hub id (hf, vllm); model name (openai)."},
+    )
+    revision: str | None = field(default=None, metadata={"help": "Model revision (hf, vllm)."})
+    trust_remote_code: bool = field(
+        default=False, metadata={"help": "Run model code shipped with the checkpoint (hf, vllm)."}
+    )
+    dtype: str = field(default="auto", metadata={"help": "bf16 on GPU, float32 on CPU if auto."})
+    batch_size: int = field(default=16, metadata={"help": "Requests per forward pass (hf)."})
+    tensor_parallel_size: int = field(default=1, metadata={"help": "GPUs per replica (vllm)."})
+    data_parallel_size: int = field(default=1, metadata={"help": "Engine replicas (vllm)."})
+    gpu_memory_utilization: float | None = field(
+        default=None, metadata={"help": "Share of GPU (CPU: RAM) memory vLLM takes; auto if unset."}
+    )
+    max_model_len: int | None = field(default=None, metadata={"help": "Context limit (vllm)."})
+    base_url: str | None = field(
+        default=None,
+        metadata={
+            "help": "OpenAI-compatible endpoint (openai). Unset with a local model folder: a "
+            "vLLM server is started on 127.0.0.1 for the run."
+        },
+    )
+    api_key_env: str = field(
+        default="OPENAI_API_KEY", metadata={"help": "Environment variable holding the API key."}
+    )
+    concurrency: int = field(default=32, metadata={"help": "Requests in flight (openai)."})
+    max_retries: int = field(default=6, metadata={"help": "Retries per request (openai)."})
+    timeout: float = field(default=120.0, metadata={"help": "Seconds per request (openai)."})
+
+
+def open_backend(cfg: BackendConfig) -> Backend:
+    """The backend `cfg` names, ready to generate (a local server is started if needed)."""
+    if cfg.backend == "hf":
+        from pipeline.backends.hf import HFBackend
+
+        return HFBackend(
+            cfg.model, cfg.batch_size, cfg.dtype, revision=cfg.revision,
+            trust_remote_code=cfg.trust_remote_code,
+        )  # fmt: skip
+    if cfg.backend == "vllm":
+        from pipeline.backends.vllm_engine import VLLMBackend
+
+        return VLLMBackend(
+            cfg.model, cfg.tensor_parallel_size, data_parallel_size=cfg.data_parallel_size,
+            gpu_memory_utilization=cfg.gpu_memory_utilization, max_model_len=cfg.max_model_len,
+            dtype=cfg.dtype, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code,
+        )  # fmt: skip
+    if cfg.backend == "openai":
+        from pipeline.backends.openai_api import OpenAIBackend
+
+        base_url, server = cfg.base_url, None
+        if not base_url and Path(cfg.model).is_dir():
+            from pipeline.serve import VLLMServer
+
+            server = VLLMServer(cfg.model, max_model_len=cfg.max_model_len).start()
+            base_url = server.base_url
+        backend = OpenAIBackend(
+            cfg.model, base_url, cfg.api_key_env, cfg.concurrency, cfg.max_retries, cfg.timeout
+        )
+        backend.server = server  # stopped by close_backend
+        return backend
+    raise ValueError(f"--backend {cfg.backend!r}: unknown; choose one of {', '.join(BACKENDS)}")
+
+
+def close_backend(backend: Backend) -> None:
+    backend.close()
+    server = getattr(backend, "server", None)
+    if server is not None:
+        server.stop()
