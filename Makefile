@@ -17,7 +17,7 @@ export VLLM_NO_USAGE_STATS := 1
 export DO_NOT_TRACK := 1
 
 .DEFAULT_GOAL := help
-.PHONY: help setup demo test lint format tiny-model clean
+.PHONY: help setup demo test lint format bench tiny-model imagine build import clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -41,6 +41,9 @@ demo: $(STAMP) ## the main job on the bundled defaults
 test: $(STAMP) ## the whole test suite
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
+bench: $(STAMP) ## run every benchmark, print one table of ratios
+	$(BIN)/python benchmarks/run_all.py
+
 lint: $(STAMP) ## ruff: lint and format check
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -51,6 +54,21 @@ format: $(STAMP) ## ruff: fix what can be fixed, format the code
 
 tiny-model: $(STAMP) ## build the local model: make tiny-model ARCH=qwen2-vl SIZE=small
 	$(BIN)/macaroon tiny-model $(if $(ARCH),--arch $(ARCH)) $(if $(SIZE),--size $(SIZE)) $(if $(OUT),--out $(OUT))
+
+# make imagine [BACKEND=hf|vllm|openai] [MODEL=..] [IMAGES=dir] [QUESTIONS=file.jsonl]
+#              [CRITERIA=dir] [OUT=dir] [ARGS="--option value ..."]
+IMAGINE_OPTS = $(if $(BACKEND),--backend $(BACKEND)) $(if $(MODEL),--model $(MODEL)) \
+	$(if $(IMAGES),--images $(IMAGES)) $(if $(QUESTIONS),--questions $(QUESTIONS)) \
+	$(if $(CRITERIA),--criteria $(CRITERIA)) $(if $(OUT),--out $(OUT)) $(ARGS)
+
+imagine: $(STAMP) ## self-imagination -> $(OUT)/dataset (default outputs/imagine)
+	$(BIN)/macaroon imagine --config configs/imagine.yaml $(IMAGINE_OPTS)
+
+build: $(STAMP) ## rebuild the dataset from the stored records, no model calls
+	$(BIN)/macaroon build --config configs/imagine.yaml $(IMAGINE_OPTS)
+
+import: $(STAMP) ## original MACAROON files: make import FILES="a.json b.json" OUT=dir
+	$(BIN)/macaroon import $(FILES) --out $(or $(OUT),outputs/import) $(ARGS)
 
 clean: ## remove outputs/ (keeps .venv)
 	rm -rf outputs

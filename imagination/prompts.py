@@ -10,11 +10,11 @@ from jinja2.sandbox import SandboxedEnvironment
 
 from pipeline.criteria import CriteriaError, QuestionType
 
-TEMPLATE_KEYS = ("question", "preferred", "rejected")
+TEMPLATE_KEYS = ("question", "preferred", "rejected", "feedback")
 
 
 def load_templates(path: str | Path) -> dict[str, str]:
-    """The imagination templates: one Jinja2 text per stage (question, preferred, rejected)."""
+    """The imagination templates: one Jinja2 text per use (TEMPLATE_KEYS)."""
     path = Path(path)
     if path.is_dir():
         path = path / "imagination.yaml"

@@ -96,9 +96,99 @@ def cmd_demo(argv: Sequence[str]) -> int:
     return 0
 
 
+DEFAULT_MODEL = "outputs/models/llava-tiny"
+
+
+def _ensure_default_model(model: str) -> None:
+    """The default model is the local tiny one: build it on first use."""
+    if model == DEFAULT_MODEL and not Path(model, "config.json").is_file():
+        from pipeline.tiny_model import TinyModelConfig, build_tiny_model
+
+        print(f"building the local tiny model in {model}")
+        build_tiny_model(TinyModelConfig(out=model))
+
+
+def cmd_imagine(
+    argv: Sequence[str], prog: str = "macaroon imagine", stages: str | None = None
+) -> int:
+    from imagination.imagine import ImagineConfig, run_imagine
+
+    (cfg,) = parse_config([ImagineConfig], argv, prog)
+    if stages:
+        cfg.stages = stages
+    _ensure_default_model(cfg.model)
+    summary = run_imagine(cfg)
+    print(imagine_report(summary))
+    failed = sum(s["failed"] + s["skipped_failed"] for s in summary["stages"])
+    return 1 if failed else 0  # the exit status says whether every record was made
+
+
+def imagine_report(summary: dict) -> str:
+    from pipeline.runner import StageStats
+
+    lines = ["", "summary:"]
+    lines += ["  " + StageStats(**s).line() for s in summary["stages"]]
+    dropped = ", ".join(f"{k} {v}" for k, v in summary["dropped"].items()) or "none"
+    lines.append(
+        f"  filter     {summary['pairs']} pairs: {summary['kept']} kept; dropped: {dropped}"
+    )
+    calls = summary["model_calls"]
+    lines.append(f"  model calls: {calls}" + (" (everything was cached)" if calls == 0 else ""))
+    if summary["dataset"]:
+        rows = ", ".join(f"{k} {v}" for k, v in summary["rows"].items())
+        lines.append(f"  dataset: {summary['dataset']} ({rows})")
+    else:
+        lines.append("  dataset: not written (no pairs kept, or build not among --stages)")
+    return "\n".join(lines)
+
+
+def cmd_build(argv: Sequence[str]) -> int:
+    return cmd_imagine(argv, "macaroon build", stages="build")
+
+
+@dataclass
+class ImportConfig:
+    """`macaroon import FILE... --out DIR`: the original MACAROON training files."""
+
+    out: str = field(default="outputs/import", metadata={"help": "Output folder."})
+    image_root: str | None = field(
+        default=None,
+        metadata={"help": "Folder that relative image paths start from (default: each file's)."},
+    )
+    skip_missing_images: bool = field(
+        default=False, metadata={"help": "Skip records whose image is missing (counted)."}
+    )
+
+
+def cmd_import(argv: Sequence[str]) -> int:
+    from imagination.importer import import_files, save_import
+
+    paths = [a for a in _leading_paths(argv)]
+    (cfg,) = parse_config([ImportConfig], list(argv)[len(paths) :], "macaroon import")
+    if not paths:
+        raise ValueError("give one or more files: macaroon import FILE... --out DIR")
+    dataset, summary = import_files(paths, cfg.image_root, cfg.skip_missing_images)
+    save_import(dataset, summary, Path(cfg.out))
+    rows = ", ".join(f"{name} {len(split)}" for name, split in dataset.items())
+    print(f"imported {len(paths)} file(s) into {Path(cfg.out) / 'dataset'}: {rows}")
+    return 0
+
+
+def _leading_paths(argv: Sequence[str]) -> list[str]:
+    paths = []
+    for arg in argv:
+        if arg.startswith("-"):
+            break
+        paths.append(arg)
+    return paths
+
+
 COMMANDS: dict[str, tuple[str, Callable[[Sequence[str]], int]]] = {
     "tiny-model": ("build a small random-weight VLM locally (tests, demo)", cmd_tiny_model),
     "criteria": ("validate the criteria YAML and list the question types", cmd_criteria),
+    "imagine": ("self-imagination: images + criteria -> preference dataset", cmd_imagine),
+    "build": ("rebuild the dataset from the stored records (no model calls)", cmd_build),
+    "import": ("the original MACAROON training files -> our dataset formats", cmd_import),
     "demo": ("run the main job on the bundled defaults", cmd_demo),
 }
 

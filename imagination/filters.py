@@ -1,0 +1,79 @@
+"""Stage `filter`: keep contrastive, well-formed pairs; count every drop with its reason."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Iterable
+
+DROP_REASONS = (
+    "missing_response",  # one of the two responses failed to generate
+    "empty",
+    "too_long",
+    "duplicate",
+    "not_contrastive",  # preferred and rejected say the same thing
+    "judge_rejected",  # the judge did not pass the preferred and fail the rejected
+)
+
+
+def pair_up(questions: Iterable[dict], responses: dict[tuple[str, str], dict]) -> list[dict]:
+    """One pair per question: {question record fields, preferred, rejected} (None if missing)."""
+    pairs = []
+    for question in questions:
+        preferred = responses.get((question["key"], "preferred"))
+        rejected = responses.get((question["key"], "rejected"))
+        pairs.append(
+            {
+                **question,
+                "preferred": preferred["text"] if preferred else None,
+                "rejected": rejected["text"] if rejected else None,
+                "response_keys": [r["key"] for r in (preferred, rejected) if r],
+            }
+        )
+    return pairs
+
+
+def filter_pairs(
+    pairs: Iterable[dict],
+    max_chars: int,
+    judge: Callable[[list[dict]], list[bool]] | None = None,
+) -> tuple[list[dict], Counter]:
+    """The pairs worth training on, and a count of the others by reason.
+
+    `judge`, when given, takes the surviving pairs and says for each whether the rubric
+    passes the preferred response and fails the rejected one.
+    """
+    kept, drops, seen = [], Counter(), set()
+    for pair in pairs:
+        reason = _drop_reason(pair, max_chars, seen)
+        if reason:
+            drops[reason] += 1
+        else:
+            kept.append(pair)
+    if judge is not None and kept:
+        verdicts = judge(kept)
+        drops["judge_rejected"] += verdicts.count(False)
+        kept = [pair for pair, ok in zip(kept, verdicts, strict=True) if ok]
+    return kept, drops
+
+
+def _drop_reason(pair: dict, max_chars: int, seen: set) -> str | None:
+    preferred, rejected = pair.get("preferred"), pair.get("rejected")
+    if not pair["question"].strip():
+        return "empty"
+    if preferred is None or rejected is None:
+        return "missing_response"
+    if not preferred.strip() or not rejected.strip():
+        return "empty"
+    if len(preferred) > max_chars or len(rejected) > max_chars:
+        return "too_long"
+    identity = (pair["image_hash"], _norm(pair["question"]))
+    if identity in seen:
+        return "duplicate"
+    seen.add(identity)
+    if _norm(preferred) == _norm(rejected):
+        return "not_contrastive"
+    return None
+
+
+def _norm(text: str) -> str:
+    return " ".join(text.lower().split())

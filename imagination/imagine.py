@@ -1,0 +1,185 @@
+"""`macaroon imagine`: questions -> responses -> filter -> build, resumable and cached."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from imagination.build import dataset_rows, write_dataset
+from imagination.filters import filter_pairs, pair_up
+from imagination.prompts import load_templates
+from imagination.questions import clean_question, question_items, user_questions
+from imagination.responses import response_items
+from pipeline import DEFAULT_CRITERIA_DIR, DEFAULT_PROMPTS_DIR, DEFAULT_SAMPLES_DIR
+from pipeline.backends import Backend, BackendConfig, Sampling, close_backend, open_backend
+from pipeline.criteria import criteria_hash, load_criteria
+from pipeline.images import list_images
+from pipeline.runner import StageStats, pending, run_stage
+from pipeline.store import RecordStore
+
+
+@dataclass
+class ImagineConfig(BackendConfig):
+    """`macaroon imagine`: build the contrastive preference set from images and criteria."""
+
+    images: str = field(
+        default=str(DEFAULT_SAMPLES_DIR / "images"), metadata={"help": "Image folder."}
+    )
+    questions: str | None = field(
+        default=None,
+        metadata={
+            "help": "JSONL of your own questions ({image, question, question_type}) instead of "
+            "imagined ones; image paths relative to --images."
+        },
+    )
+    criteria: str = field(default=str(DEFAULT_CRITERIA_DIR), metadata={"help": "Criteria."})
+    prompts: str = field(default=str(DEFAULT_PROMPTS_DIR), metadata={"help": "Templates."})
+    out: str = field(default="outputs/imagine", metadata={"help": "Output folder."})
+    questions_per_type: int = field(default=1, metadata={"help": "Questions per image and type."})
+    question_max_tokens: int = field(default=64, metadata={"help": "Token limit per question."})
+    question_temperature: float = field(default=0.8, metadata={"help": "Sampling temperature."})
+    response_max_tokens: int = field(default=256, metadata={"help": "Token limit per response."})
+    response_temperature: float = field(default=0.0, metadata={"help": "0 = greedy."})
+    top_p: float = field(default=0.95, metadata={"help": "Nucleus sampling (temperature > 0)."})
+    seed: int = field(default=0, metadata={"help": "Sampling seed (part of every key)."})
+    max_response_chars: int = field(default=2000, metadata={"help": "Longer pairs are dropped."})
+    retry_failed: bool = field(default=False, metadata={"help": "Retry only failed records."})
+    stages: str = field(
+        default="questions,responses,build",
+        metadata={
+            "help": "Stages to run, comma-separated; a stage left out only reads what its "
+            "record file holds (e.g. `build` alone rebuilds the dataset with no model calls)."
+        },
+    )
+    progress: bool = field(default=True, metadata={"help": "Show progress bars."})
+
+
+class _LazyBackend:
+    """Opens the backend on first use, so a fully cached run loads no model at all."""
+
+    def __init__(self, cfg: BackendConfig):
+        self.cfg, self.backend = cfg, None
+        self.model_id = cfg.model
+
+    def get(self) -> Backend:
+        if self.backend is None:
+            self.backend = open_backend(self.cfg)
+        return self.backend
+
+    def close(self) -> None:
+        if self.backend is not None:
+            close_backend(self.backend)
+
+
+def run_imagine(cfg: ImagineConfig) -> dict:
+    """Run every stage; returns the summary (also written to OUT/summary.json)."""
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    _stages(cfg)  # reject a bad --stages before any work
+    types = load_criteria(cfg.criteria)
+    templates = load_templates(cfg.prompts)
+    lazy = _LazyBackend(cfg)
+    started = time.monotonic()
+    stats: list[StageStats] = []
+    try:
+        questions = _questions(cfg, types, templates, lazy, out, stats)
+        responses = _responses(cfg, types, templates, questions, lazy, out, stats)
+    finally:
+        lazy.close()
+    pairs = pair_up(questions, responses)
+    kept, dropped = filter_pairs(pairs, cfg.max_response_chars)
+    card = {
+        "model": cfg.model,
+        "backend": cfg.backend,
+        "criteria_dir": cfg.criteria,
+        "criteria_hash": criteria_hash(types),
+        "types": list(types),
+        "images": cfg.images,
+        "stages": [asdict(s) for s in stats],
+        "dropped": dict(dropped),
+        "sampling": {
+            "questions": _sampling(cfg, "question"),
+            "responses": _sampling(cfg, "response"),
+        },
+    }
+    rows = dataset_rows(kept, types, templates["feedback"], cfg.model)
+    folder = write_dataset(rows, out, card) if kept and "build" in _stages(cfg) else None
+    summary = {
+        **card,
+        "pairs": len(pairs),
+        "kept": len(kept),
+        "rows": {name: len(items) for name, items in rows.items()},
+        "dataset": str(folder) if folder else None,
+        "model_calls": sum(s.generated + s.failed for s in stats),
+        "seconds": round(time.monotonic() - started, 2),
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def _sampling(cfg: ImagineConfig, stage: str) -> dict:
+    return asdict(_stage_sampling(cfg, stage))
+
+
+def _stage_sampling(cfg: ImagineConfig, stage: str) -> Sampling:
+    temperature = getattr(cfg, f"{stage}_temperature")
+    return Sampling(
+        max_tokens=getattr(cfg, f"{stage}_max_tokens"),
+        temperature=temperature,
+        top_p=cfg.top_p if temperature > 0 else 1.0,
+        seed=cfg.seed,
+    )
+
+
+def _run(name, items, lazy, store, cfg, stats) -> None:
+    if name not in _stages(cfg):
+        stats.append(
+            StageStats(name, total=len(items), cached=sum(map(store.is_ok, (i.key for i in items))))
+        )
+        return
+    backend = lazy.get() if pending(items, store, cfg.retry_failed) else None
+    stats.append(run_stage(name, items, backend, store, cfg.retry_failed, cfg.progress))
+
+
+STAGES = ("questions", "responses", "build")
+
+
+def _stages(cfg: ImagineConfig) -> set[str]:
+    stages = {s.strip() for s in cfg.stages.split(",") if s.strip()}
+    unknown = stages - set(STAGES)
+    if unknown:
+        raise ValueError(f"--stages: unknown {', '.join(sorted(unknown))}; use {', '.join(STAGES)}")
+    return stages
+
+
+def _questions(cfg, types, templates, lazy, out, stats) -> list[dict]:
+    if cfg.questions:
+        rows = user_questions(cfg.questions, types, cfg.images)
+        stats.append(StageStats("questions", total=len(rows), cached=len(rows)))
+        return rows
+    images = list_images(cfg.images)
+    items = question_items(
+        images, types, templates["question"], cfg.model, cfg.questions_per_type,
+        _stage_sampling(cfg, "question"),
+    )  # fmt: skip
+    with RecordStore(out / "questions.jsonl") as store:
+        _run("questions", items, lazy, store, cfg, stats)
+        records = [store.get(item.key) for item in items]
+    questions = []
+    for record in records:
+        if record and record["status"] == "ok":
+            questions.append({**record, "question": clean_question(record["text"])})
+    return questions
+
+
+def _responses(cfg, types, templates, questions, lazy, out, stats) -> dict:
+    items = response_items(
+        [q for q in questions if q["question"]], types, templates, cfg.model,
+        _stage_sampling(cfg, "response"),
+    )  # fmt: skip
+    with RecordStore(out / "responses.jsonl") as store:
+        _run("responses", items, lazy, store, cfg, stats)
+        records = [store.get(item.key) for item in items]
+    return {(r["question_key"], r["kind"]): r for r in records if r and r["status"] == "ok"}
