@@ -12,6 +12,8 @@ DROP_REASONS = (
     "duplicate",
     "not_contrastive",  # preferred and rejected say the same thing
     "judge_rejected",  # the judge did not pass the preferred and fail the rejected
+    "judge_unparsed",  # the judge's reply held no verdict label
+    "judge_failed",  # the judge call failed (its record says why)
 )
 
 
@@ -35,12 +37,12 @@ def pair_up(questions: Iterable[dict], responses: dict[tuple[str, str], dict]) -
 def filter_pairs(
     pairs: Iterable[dict],
     max_chars: int,
-    judge: Callable[[list[dict]], list[bool]] | None = None,
+    judge: Callable[[list[dict]], list[str | None]] | None = None,
 ) -> tuple[list[dict], Counter]:
     """The pairs worth training on, and a count of the others by reason.
 
-    `judge`, when given, takes the surviving pairs and says for each whether the rubric
-    passes the preferred response and fails the rejected one.
+    `judge`, when given, takes the surviving pairs and gives for each a drop reason, or
+    None when the rubric passes the preferred response and fails the rejected one.
     """
     kept, drops, seen = [], Counter(), set()
     for pair in pairs:
@@ -50,9 +52,9 @@ def filter_pairs(
         else:
             kept.append(pair)
     if judge is not None and kept:
-        verdicts = judge(kept)
-        drops["judge_rejected"] += verdicts.count(False)
-        kept = [pair for pair, ok in zip(kept, verdicts, strict=True) if ok]
+        reasons = judge(kept)
+        drops.update(reason for reason in reasons if reason)
+        kept = [pair for pair, reason in zip(kept, reasons, strict=True) if reason is None]
     return kept, drops
 
 

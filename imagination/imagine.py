@@ -4,18 +4,19 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from imagination.build import dataset_rows, write_dataset
 from imagination.filters import filter_pairs, pair_up
 from imagination.prompts import load_templates
 from imagination.questions import clean_question, question_items, user_questions
-from imagination.responses import response_items
+from imagination.responses import KINDS, response_items
 from pipeline import DEFAULT_CRITERIA_DIR, DEFAULT_PROMPTS_DIR, DEFAULT_SAMPLES_DIR
 from pipeline.backends import Backend, BackendConfig, Sampling, close_backend, open_backend
 from pipeline.criteria import criteria_hash, load_criteria
 from pipeline.images import list_images
+from pipeline.judge import judge_item, load_judge_template, parse_verdict
 from pipeline.runner import StageStats, pending, run_stage
 from pipeline.store import RecordStore
 
@@ -45,9 +46,23 @@ class ImagineConfig(BackendConfig):
     top_p: float = field(default=0.95, metadata={"help": "Nucleus sampling (temperature > 0)."})
     seed: int = field(default=0, metadata={"help": "Sampling seed (part of every key)."})
     max_response_chars: int = field(default=2000, metadata={"help": "Longer pairs are dropped."})
+    judge_filter: bool = field(
+        default=False,
+        metadata={
+            "help": "Keep a pair only if the judge passes the preferred and fails the rejected."
+        },
+    )
+    judge_backend: str = field(default="openai", metadata={"help": "Backend of the judge."})
+    judge_model: str | None = field(
+        default=None, metadata={"help": "Judge model (default: the imagining model)."}
+    )
+    judge_base_url: str | None = field(
+        default=None, metadata={"help": "Judge endpoint (openai); unset: as for --base_url."}
+    )
+    judge_max_tokens: int = field(default=128, metadata={"help": "Token limit per verdict."})
     retry_failed: bool = field(default=False, metadata={"help": "Retry only failed records."})
     stages: str = field(
-        default="questions,responses,build",
+        default="questions,responses,judge,build",
         metadata={
             "help": "Stages to run, comma-separated; a stage left out only reads what its "
             "record file holds (e.g. `build` alone rebuilds the dataset with no model calls)."
@@ -89,7 +104,8 @@ def run_imagine(cfg: ImagineConfig) -> dict:
     finally:
         lazy.close()
     pairs = pair_up(questions, responses)
-    kept, dropped = filter_pairs(pairs, cfg.max_response_chars)
+    judge = _judge(cfg, types, out, stats) if cfg.judge_filter else None
+    kept, dropped = filter_pairs(pairs, cfg.max_response_chars, judge)
     card = {
         "model": cfg.model,
         "backend": cfg.backend,
@@ -119,6 +135,45 @@ def run_imagine(cfg: ImagineConfig) -> dict:
     return summary
 
 
+def _judge(cfg: ImagineConfig, types, out: Path, stats: list[StageStats]):
+    """A filter callback: judge both responses of each pair (cached like every stage)."""
+    template = load_judge_template(cfg.prompts)
+    judge_cfg = replace(
+        cfg, backend=cfg.judge_backend, model=cfg.judge_model or cfg.model,
+        base_url=cfg.judge_base_url or cfg.base_url,
+    )  # fmt: skip
+    sampling = Sampling(max_tokens=cfg.judge_max_tokens, temperature=0.0, seed=cfg.seed)
+
+    def judge(pairs: list[dict]) -> list[str | None]:
+        items = [
+            judge_item(template, types[p["question_type"]], p["image"], p["question"], p[kind],
+                       judge_cfg.model, sampling)
+            for p in pairs for kind in KINDS
+        ]  # fmt: skip
+        lazy = _LazyBackend(judge_cfg)
+        try:
+            with RecordStore(out / "judgments.jsonl") as store:
+                _run("judge", items, lazy, store, cfg, stats)
+                records = [store.get(item.key) for item in items]
+        finally:
+            lazy.close()
+        return [
+            _judged(types[p["question_type"]], records[2 * i], records[2 * i + 1])
+            for i, p in enumerate(pairs)
+        ]
+
+    return judge
+
+
+def _judged(qtype, preferred: dict | None, rejected: dict | None) -> str | None:
+    if not preferred or not rejected or "failed" in (preferred["status"], rejected["status"]):
+        return "judge_failed"
+    verdicts = [parse_verdict(r["text"], list(qtype.labels)) for r in (preferred, rejected)]
+    if None in verdicts:
+        return "judge_unparsed"
+    return None if verdicts == ["True", "False"] else "judge_rejected"
+
+
 def _sampling(cfg: ImagineConfig, stage: str) -> dict:
     return asdict(_stage_sampling(cfg, stage))
 
@@ -143,7 +198,7 @@ def _run(name, items, lazy, store, cfg, stats) -> None:
     stats.append(run_stage(name, items, backend, store, cfg.retry_failed, cfg.progress))
 
 
-STAGES = ("questions", "responses", "build")
+STAGES = ("questions", "responses", "judge", "build")
 
 
 def _stages(cfg: ImagineConfig) -> set[str]:

@@ -1,0 +1,90 @@
+"""The rubric judge: tolerant verdict parsing, and imagination's optional judge filter."""
+
+import pytest
+from conftest import CRITERIA, SAMPLES
+from openai_stub import last_user_text, stub_server
+
+from imagination.imagine import ImagineConfig, run_imagine
+from pipeline.backends import Sampling
+from pipeline.criteria import load_criteria
+from pipeline.judge import judge_item, load_judge_template, parse_verdict
+
+LABELS = ("True", "False", "Ambiguous")
+
+
+@pytest.mark.parametrize(
+    "reply, verdict",
+    [
+        ("True.", "True"),
+        ("**True**", "True"),
+        ("false", "False"),
+        ("Flag: ambiguous", "Ambiguous"),
+        ("Verdict: **False**\nThe response picks one mug.", "False"),
+        ('{"verdict": "False", "explanation": "It answers as if the cat were there."}', "False"),
+        ('```json\n{"verdict": "true", "explanation": "asks which"}\n```', "True"),
+        ("True. The response asks which mug the user means.", "True"),
+        ("True or False", None),
+        ("The response is fine, I think.", None),
+        ("garbage", None),
+        ("", None),
+        (None, None),
+    ],
+)
+def test_parse_verdict(reply, verdict):
+    assert parse_verdict(reply, LABELS) == verdict
+
+
+def test_labels_outside_the_type_are_not_verdicts():
+    assert parse_verdict("Ambiguous", ("True", "False")) is None
+
+
+def test_judge_prompt_carries_rubric_labels_question_and_response():
+    types = load_criteria(CRITERIA)
+    qtype = types["Subject Ambiguity"]
+    template = load_judge_template(CRITERIA.parent / "prompts")
+    item = judge_item(
+        template, qtype, SAMPLES / "images" / "sample_001.jpg", "Which mug?", "The red one.",
+        "judge-model", Sampling(),
+    )  # fmt: skip
+    prompt = item.request.messages[0]["content"][1]["text"]
+    assert qtype.rubric in prompt and "Which mug?" in prompt and "The red one." in prompt
+    assert all(f"- {label}:" in prompt for label in qtype.labels)
+    other = judge_item(template, qtype, SAMPLES / "images" / "sample_001.jpg", "Which mug?",
+                       "The blue one.", "judge-model", Sampling())  # fmt: skip
+    assert item.key != other.key
+
+
+def scripted(body: dict) -> str:
+    """An imagining-and-judging model that follows the prompts it is sent."""
+    text = last_user_text(body)
+    if "Answer with JSON only" in text:  # a judge prompt: pass engaged replies only
+        engaged = "ENGAGED" in text.split("Response:")[-1]
+        verdict = "True" if engaged else "False"
+        if "Unanswerable" in text.split("Response:")[0]:
+            verdict = "**True**"  # every verdict is True: the filter must drop the pair
+        if "preference" in text.split("Response:")[0].lower():
+            return "I cannot say."  # unparsed: dropped with its own reason
+        return f'{{"verdict": "{verdict}", "explanation": "scripted"}}'
+    if "engaged assistant" in text:
+        return "ENGAGED: which one do you mean?"
+    if "passive assistant" in text:
+        return "It is the red one."
+    return "A question of type " + text.split("Question type: ")[1].split(" (")[0] + "?"
+
+
+def test_judge_filter_keeps_pairs_the_rubric_separates(tmp_path):
+    with stub_server(reply=scripted) as server:
+        cfg = ImagineConfig(
+            backend="openai", model="scripted", base_url=server.base_url,
+            images=str(SAMPLES / "images"), out=str(tmp_path), judge_filter=True,
+            progress=False,
+        )  # fmt: skip
+        summary = run_imagine(cfg)
+        calls = server.calls
+        again = run_imagine(cfg)
+        assert server.calls == calls and again["model_calls"] == 0  # judgments are cached
+    judged = summary["stages"][-1]
+    assert judged["name"] == "judge" and judged["generated"] == 2 * 72
+    assert summary["dropped"]["judge_rejected"] == 12  # Unanswerable Questions
+    assert summary["dropped"]["judge_unparsed"] == 12  # Hidden Human Preferences
+    assert summary["kept"] == 48
