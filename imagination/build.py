@@ -6,7 +6,9 @@ import json
 from collections import Counter
 from pathlib import Path
 
-from imagination.formats import (
+from imagination.prompts import render
+from pipeline.criteria import QuestionType
+from pipeline.formats import (
     crl_row,
     dpo_row,
     multiturn_row,
@@ -14,8 +16,6 @@ from imagination.formats import (
     sft_row,
     to_dataset_dict,
 )
-from imagination.prompts import render
-from pipeline.criteria import QuestionType
 
 
 def dataset_rows(

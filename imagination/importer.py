@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from imagination.formats import (
+from pipeline.formats import (
     CONFIGS,
     crl_row,
     dpo_row,
