@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from conftest import CRITERIA, PIE_TYPES
 
 from pipeline.cli import COMMANDS, main
@@ -17,7 +18,13 @@ def test_console_script_lists_only_working_commands():
     out = subprocess.run([str(script), "--help"], capture_output=True, text=True, check=True).stdout
     for name in COMMANDS:
         assert name in out
-    assert set(COMMANDS) == {"tiny-model", "criteria", "demo"}
+
+
+@pytest.mark.parametrize("name", sorted(COMMANDS))
+def test_every_command_documents_its_options(name, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main([name, "--help"])
+    assert exit_.value.code == 0 and "--config" not in capsys.readouterr().err
 
 
 def test_unknown_command_exits_2(capsys):
