@@ -17,7 +17,7 @@ export VLLM_NO_USAGE_STATS := 1
 export DO_NOT_TRACK := 1
 
 .DEFAULT_GOAL := help
-.PHONY: help setup demo test lint format bench tiny-model imagine build import clean
+.PHONY: help setup demo test lint format bench tiny-model imagine build import train clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -69,6 +69,16 @@ build: $(STAMP) ## rebuild the dataset from the stored records, no model calls
 
 import: $(STAMP) ## original MACAROON files: make import FILES="a.json b.json" OUT=dir
 	$(BIN)/macaroon import $(FILES) --out $(or $(OUT),outputs/import) $(ARGS)
+
+# make train METHOD=crl|sft|dpo|multiturn|sft_after_multiturn [DATA=dir] [GENERAL=dir|json]
+#            [MODEL=..] [OUT=dir] [MAX_STEPS=n] [ARGS="--option value ..."]
+METHOD ?= crl
+TRAIN_OPTS = $(if $(DATA),--data $(DATA)) $(if $(GENERAL),--general $(GENERAL)) \
+	$(if $(MODEL),--model_name_or_path $(MODEL)) $(if $(OUT),--output_dir $(OUT)) \
+	$(if $(MAX_STEPS),--max_steps $(MAX_STEPS)) $(ARGS)
+
+train: $(STAMP) ## train METHOD (default crl) with TRL + LoRA -> $(OUT) (default outputs/train/METHOD)
+	$(BIN)/macaroon train --config configs/train/$(METHOD).yaml $(TRAIN_OPTS)
 
 clean: ## remove outputs/ (keeps .venv)
 	rm -rf outputs

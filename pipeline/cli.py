@@ -183,12 +183,55 @@ def _leading_paths(argv: Sequence[str]) -> list[str]:
     return paths
 
 
+def cmd_train(argv: Sequence[str]) -> int:
+    import torch
+    from trl import DPOConfig, ModelConfig, SFTConfig
+
+    from trainers.config import METHODS, MacaroonTrainConfig
+    from trainers.train import run_train
+
+    method = _peek_method(argv)
+    if method not in METHODS:
+        raise ValueError(f"METHOD {method!r}: unknown; choose one of {', '.join(METHODS)}")
+    args_class = DPOConfig if METHODS[method][1] == "dpo" else SFTConfig
+    defaults = {"model_name_or_path": DEFAULT_MODEL, "output_dir": f"outputs/train/{method}"}
+    if not torch.cuda.is_available():
+        defaults["bf16"] = False  # transformers refuses bf16 without a GPU
+    cfg, model_args, args = parse_config(
+        [MacaroonTrainConfig, ModelConfig, args_class], argv, "macaroon train", defaults
+    )
+    _ensure_default_model(model_args.model_name_or_path)
+    general = None
+    if cfg.general and Path(cfg.general).suffix in (".json", ".jsonl"):
+        from imagination.importer import import_files  # the original VLFeedback files
+
+        general, _ = import_files([cfg.general])
+    out = run_train(cfg, model_args, args, general)
+    print(f"adapter ({cfg.method}) saved in {out}")
+    return 0
+
+
+def _peek_method(argv: Sequence[str]) -> str:
+    """METHOD decides which TRL config parses the rest: from --method, else the YAML file."""
+    argv = list(argv)
+    if "--method" in argv and argv.index("--method") + 1 < len(argv):
+        return argv[argv.index("--method") + 1]
+    if "--config" in argv and argv.index("--config") + 1 < len(argv):
+        import yaml
+
+        path = Path(argv[argv.index("--config") + 1])
+        if path.is_file():
+            return (yaml.safe_load(path.read_text()) or {}).get("method", "crl")
+    return "crl"
+
+
 COMMANDS: dict[str, tuple[str, Callable[[Sequence[str]], int]]] = {
     "tiny-model": ("build a small random-weight VLM locally (tests, demo)", cmd_tiny_model),
     "criteria": ("validate the criteria YAML and list the question types", cmd_criteria),
     "imagine": ("self-imagination: images + criteria -> preference dataset", cmd_imagine),
     "build": ("rebuild the dataset from the stored records (no model calls)", cmd_build),
     "import": ("the original MACAROON training files -> our dataset formats", cmd_import),
+    "train": ("train METHOD=crl|sft|dpo|multiturn|sft_after_multiturn (TRL + LoRA)", cmd_train),
     "demo": ("run the main job on the bundled defaults", cmd_demo),
 }
 

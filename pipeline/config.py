@@ -13,8 +13,14 @@ from pathlib import Path
 import yaml
 
 
-def parse_config(dataclass_types: Sequence[type], argv: Sequence[str], prog: str) -> tuple:
-    """Parse `argv` (with an optional `--config FILE.yaml`) into one instance per type."""
+def parse_config(
+    dataclass_types: Sequence[type], argv: Sequence[str], prog: str, defaults: dict | None = None
+) -> tuple:
+    """Parse `argv` (with an optional `--config FILE.yaml`) into one instance per type.
+
+    `defaults` replace the dataclasses' own defaults; the YAML file and the command line
+    still win over them.
+    """
     from trl import TrlParser
 
     argv = list(argv)
@@ -27,6 +33,8 @@ def parse_config(dataclass_types: Sequence[type], argv: Sequence[str], prog: str
             raise ConfigError(f"{prog}: config file {path} not found")
         _check_keys(path, dataclass_types)
     parser = TrlParser(dataclass_types=list(dataclass_types), prog=prog)
+    if defaults:
+        parser.set_defaults_with_config(**defaults)
     return tuple(parser.parse_args_and_config(args=argv))
 
 

@@ -1,0 +1,75 @@
+"""What `macaroon train` needs beyond TRL's own configs: the METHOD, data and conditioning.
+
+A run is parsed into three dataclasses, each option with one name in YAML and on the
+command line: `MacaroonTrainConfig` (below), TRL's `ModelConfig` (model, LoRA) and TRL's
+`SFTConfig` or `DPOConfig` (optimiser, schedule, batch, output_dir, ...).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+# METHOD -> (dataset config it trains on, TRL trainer). DESIGN.md §6.
+METHODS = {
+    "crl": ("crl", "sft"),  # conditional RL: reward token + response, SFT loss
+    "sft": ("sft", "sft"),  # preferred responses only
+    "dpo": ("dpo", "dpo"),  # DPO + NLL of the preferred response
+    "multiturn": ("multiturn", "sft"),  # question, rejected, feedback -> preferred
+    "sft_after_multiturn": ("sft", "sft"),  # SFT starting from the multiturn adapter
+}
+RECORD_FILE = "macaroon.json"  # written beside the adapter: METHOD, reward tokens, base
+
+
+@dataclass
+class MacaroonTrainConfig:
+    method: str = field(default="crl", metadata={"help": f"One of {', '.join(METHODS)}."})
+    data: str = field(
+        default="outputs/imagine/dataset",
+        metadata={"help": "Preference data: a DatasetDict folder from `make imagine`/`import`."},
+    )
+    general: str | None = field(
+        default=None,
+        metadata={
+            "help": "General-purpose data mixed in: a DatasetDict folder in our formats, or the "
+            "original VLfeedback_dataset(_seperate).json / vlfeedback_nlf_conversations.jsonl."
+        },
+    )
+    general_ratio: float = field(
+        default=1.0,
+        metadata={
+            "help": "As in the paper: all general data is kept and the preference data is "
+            "subsampled to this share of itself (seeded by --seed)."
+        },
+    )
+    reward_tokens: list[str] = field(
+        default_factory=lambda: ["good", "bad"],
+        metadata={"help": "CRL conditioning for the preferred and the rejected response."},
+    )
+    reward_special_tokens: bool = field(
+        default=False,
+        metadata={
+            "help": "Add the reward tokens to the vocabulary as new tokens whose embedding rows "
+            "train (default: the plain words, as the paper did)."
+        },
+    )
+    multiturn_adapter: str | None = field(
+        default=None,
+        metadata={"help": "sft_after_multiturn: the adapter folder of a multiturn run."},
+    )
+    merge: bool = field(
+        default=False,
+        metadata={"help": "Also save merged full weights (safetensors) in OUTPUT_DIR/merged."},
+    )
+    check_images: bool = field(
+        default=True, metadata={"help": "Open every image before training starts."}
+    )
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(
+                f"--method {self.method!r}: unknown; choose one of {', '.join(METHODS)}"
+            )
+        if len(self.reward_tokens) != 2 or len(set(self.reward_tokens)) != 2:
+            raise ValueError("--reward_tokens needs two different tokens: preferred, rejected")
+        if not 0 < self.general_ratio <= 1:
+            raise ValueError("--general_ratio must be in (0, 1]")
