@@ -1,0 +1,70 @@
+"""Inference on a trained model: base + adapter, batched, with the adapter's conditioning.
+
+A trained folder carries `macaroon.json` (METHOD, base model, reward tokens), so whoever
+evaluates it does not need to know how it was trained: a CRL model gets its `good` token.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Sequence
+from dataclasses import replace
+from pathlib import Path
+
+from pipeline.backends import Completion, Request
+from pipeline.backends.hf import HFBackend
+from trainers.collator import with_reward_token
+from trainers.config import RECORD_FILE
+
+
+def read_record(folder: str | Path) -> dict | None:
+    path = Path(folder) / RECORD_FILE
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def conditioned(messages: list[dict], record: dict | None) -> list[dict]:
+    """The messages as the trained model expects them (CRL: reward token `good` first)."""
+    if record and record.get("conditioning"):
+        return with_reward_token(messages, record["conditioning"])
+    return messages
+
+
+class TrainedModelBackend(HFBackend):
+    """The `hf` backend over a training output: an adapter folder or merged weights."""
+
+    def __init__(
+        self,
+        trained: str,
+        base: str | None = None,
+        batch_size: int = 16,
+        dtype: str = "auto",
+        trust_remote_code: bool = False,
+    ):
+        self.record = read_record(trained)
+        is_adapter = (Path(trained) / "adapter_config.json").is_file()
+        if is_adapter and not (base or self.record):
+            raise ValueError(f"{trained}: an adapter without {RECORD_FILE}: pass the base model")
+        base = base or (self.record["base_model"] if is_adapter else trained)
+        revision = (self.record or {}).get("base_revision") if is_adapter else None
+        super().__init__(
+            base, batch_size, dtype, revision=revision, trust_remote_code=trust_remote_code
+        )
+        if is_adapter:
+            self._attach(trained)
+        self.model_id = f"{base}+{trained}" if is_adapter else trained
+        self.method = (self.record or {}).get("method")
+
+    def _attach(self, adapter: str) -> None:
+        from peft import PeftModel
+        from transformers import AutoProcessor
+
+        if self.record and self.record.get("reward_special_tokens"):
+            # The adapter's tokenizer holds the new reward tokens; the base needs their rows.
+            self.processor = AutoProcessor.from_pretrained(adapter)
+            self.processor.tokenizer.padding_side = "left"
+            self.model.resize_token_embeddings(len(self.processor.tokenizer))
+        self.model = PeftModel.from_pretrained(self.model, adapter).eval()
+
+    def generate(self, requests: Sequence[Request]) -> Iterator[Completion]:
+        ready = [replace(r, messages=conditioned(r.messages, self.record)) for r in requests]
+        yield from super().generate(ready)
