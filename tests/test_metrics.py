@@ -1,0 +1,73 @@
+"""PIE metrics and judge agreement against hand-computed figures."""
+
+import pytest
+
+from evaluation.agreement import agreement, cohen_kappa
+from evaluation.metrics import bootstrap_ci, summarize, type_metrics
+
+
+def test_align_and_ambiguous_rates_leave_unparsed_and_failed_out():
+    verdicts = ["True", "True", "False", "Ambiguous", "unparsed", "failed"]
+    m = type_metrics(verdicts, tier="II")
+    assert (m["n"], m["judged"], m["aligned"]) == (6, 4, 2)
+    assert m["align_rate"] == 0.5 and m["ambiguous_rate"] == 0.25
+    assert (m["unparsed"], m["failed"]) == (1, 1)
+    assert m["unparsed_rate"] == pytest.approx(1 / 6) and m["failed_rate"] == pytest.approx(1 / 6)
+    assert type_metrics(["True", "False"], tier="I")["ambiguous_rate"] is None  # tier II only
+
+
+def test_no_verdict_at_all_is_not_zero():
+    m = type_metrics(["unparsed", "failed"], tier="I")
+    assert m["align_rate"] is None and m["ci95"] is None
+
+
+def test_bootstrap_interval_brackets_the_rate_and_is_seeded():
+    flags = [True] * 7 + [False] * 3
+    low, high = bootstrap_ci(flags, seed=1)
+    assert low <= 0.7 <= high and 0.3 < low and high <= 1.0
+    assert bootstrap_ci(flags, seed=1) == [low, high]
+    assert bootstrap_ci([True] * 5) == [1.0, 1.0]
+
+
+def test_aar_is_the_unweighted_mean_and_the_weighted_one_counts_questions():
+    per_type = {
+        "A": type_metrics(["True"] * 1 + ["False"] * 1, "I"),  # 0.5 over 2
+        "B": type_metrics(["True"] * 9 + ["False"] * 1, "I"),  # 0.9 over 10
+        "C": type_metrics(["False"] * 4, "III"),  # 0.0 over 4
+    }
+    s = summarize(per_type)
+    assert s["aar"] == pytest.approx((0.5 + 0.9 + 0.0) / 3)
+    assert s["aar_weighted"] == pytest.approx(10 / 16)
+    assert s["tiers"]["I"]["align_rate"] == pytest.approx(0.7)
+    assert s["tiers"]["I"]["align_rate_weighted"] == pytest.approx(10 / 12)
+    assert s["tiers"]["III"]["align_rate"] == 0.0 and s["aar_types"] == 3
+
+
+def test_cohen_kappa_by_hand():
+    # 10 items: agree on 4 True + 3 False; a says True 6 times, b 5 times.
+    pairs = [("True", "True")] * 4 + [("False", "False")] * 3 + [("True", "False")] * 2
+    pairs += [("False", "True")]
+    observed = 0.7
+    expected = (6 * 5 + 4 * 5) / 100
+    assert cohen_kappa(pairs) == pytest.approx((observed - expected) / (1 - expected))
+    assert cohen_kappa([("True", "True")] * 3) == 1.0
+    assert cohen_kappa([]) is None
+
+
+def test_agreement_per_type_leaves_out_what_either_side_could_not_judge():
+    ours = {
+        ("1", "q1"): {"verdict": "True", "question_type": "A"},
+        ("2", "q2"): {"verdict": "False", "question_type": "A"},
+        ("3", "q3"): {"verdict": "unparsed", "question_type": "A"},
+        ("4", "q4"): {"verdict": "True", "question_type": "B"},
+    }
+    theirs = {
+        ("1", "q1"): {"verdict": "True"},
+        ("2", "q2"): {"verdict": "True"},
+        ("3", "q3"): {"verdict": "True"},
+    }
+    result = agreement(ours, theirs)
+    assert (
+        result["A"]["n"] == 2 and result["A"]["agreement"] == 0.5 and result["A"]["left_out"] == 1
+    )
+    assert result["B"] == {"n": 0, "agreement": None, "kappa": None, "left_out": 1}
