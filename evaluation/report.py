@@ -1,0 +1,114 @@
+"""Reports: table.md in the paper's layout, plot.png with intervals, a browse page."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from pathlib import Path
+
+from evaluation.metrics import DEFINITIONS
+
+
+def _pct(value: float | None) -> str:
+    return "–" if value is None else f"{value:.2f}"
+
+
+def table(runs: list[dict], types: list[str]) -> str:
+    """Rows: runs (model/METHOD); columns: the types' Align Rates, then AAR (paper Table 1)."""
+    header = ["model", *types, "AAR", "AAR (weighted)"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for run in runs:
+        cells = [run["name"]]
+        for name in types:
+            metrics = run["types"].get(name)
+            cell = _pct(metrics["align_rate"]) if metrics else "–"
+            if metrics and metrics["ambiguous_rate"] is not None:
+                cell += f" (amb. {_pct(metrics['ambiguous_rate'])})"
+            cells.append(cell)
+        partial = "*" if run.get("aar_types", len(types)) < len(run["types"]) else ""
+        cells += [_pct(run["aar"]) + partial, _pct(run["aar_weighted"])]
+        lines.append("| " + " | ".join(cells) + " |")
+    notes = ["", "Align Rate per question type; tier II cells also give the Ambiguous Rate.", ""]
+    notes += DEFINITIONS.splitlines()
+    health = [
+        f"- {r['name']}: judge unparsed {r['unparsed']} and failed {r['failed']} of {r['n']}"
+        for r in runs
+    ]
+    return "\n".join(lines + notes + ["", "Judge health:", *health]) + "\n"
+
+
+def plot(runs: list[dict], types: list[str], path: Path) -> None:
+    """Grouped bars: Align Rate per type and run, with 95% bootstrap intervals."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    width = 0.8 / max(1, len(runs))
+    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(types)), 4))
+    for i, run in enumerate(runs):
+        xs, ys, low, high = [], [], [], []
+        for j, name in enumerate(types):
+            metrics = run["types"].get(name)
+            if not metrics or metrics["align_rate"] is None:
+                continue
+            rate, ci = metrics["align_rate"], metrics["ci95"] or [metrics["align_rate"]] * 2
+            xs.append(j + (i - (len(runs) - 1) / 2) * width)
+            ys.append(rate)
+            low.append(rate - ci[0])
+            high.append(ci[1] - rate)
+        ax.bar(
+            xs,
+            ys,
+            width,
+            yerr=[low, high],
+            capsize=3,
+            label=f"{run['name']} (AAR {_pct(run['aar'])})",
+        )
+    ax.set_xticks(range(len(types)))
+    ax.set_xticklabels([t.replace(" ", "\n") for t in types], fontsize=8)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("Align Rate (95% bootstrap CI)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def browse(items: list[dict], path: Path, title: str) -> None:
+    """One HTML page: each item's image, question, response, verdict and explanation."""
+    rows = []
+    for item in items:
+        rows.append(
+            "<tr>"
+            f"<td><img src='{_thumbnail(item['image'])}' width='160'></td>"
+            f"<td><b>{html.escape(item['question_type'])}</b><br>{html.escape(item['question'])}</td>"
+            f"<td>{html.escape(item.get('response') or '')}</td>"
+            f"<td class='{html.escape(item['verdict'])}'><b>{html.escape(item['verdict'])}</b><br>"
+            f"{html.escape(item.get('explanation') or '')}</td>"
+            "</tr>"
+        )
+    page = (
+        f"<!doctype html><meta charset='utf-8'><title>{html.escape(title)}</title>"
+        "<style>body{font-family:sans-serif}td{vertical-align:top;padding:6px;"
+        "border-bottom:1px solid #ddd}.True{background:#e6f4ea}.False{background:#fce8e6}"
+        ".Ambiguous{background:#fef7e0}.unparsed,.failed{background:#eee}</style>"
+        f"<h1>{html.escape(title)}</h1><table><tr><th>image</th><th>question</th>"
+        "<th>response</th><th>verdict</th></tr>" + "".join(rows) + "</table>"
+    )
+    path.write_text(page, encoding="utf-8")
+
+
+def _thumbnail(image_path: str) -> str:
+    from PIL import Image
+
+    try:
+        with Image.open(image_path) as image:
+            image = image.convert("RGB")
+            image.thumbnail((320, 320))
+            buffer = io.BytesIO()
+            image.save(buffer, format="JPEG", quality=80)
+    except OSError:
+        return ""
+    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode()
