@@ -17,7 +17,8 @@ export VLLM_NO_USAGE_STATS := 1
 export DO_NOT_TRACK := 1
 
 .DEFAULT_GOAL := help
-.PHONY: help setup demo test lint format bench tiny-model imagine build import train clean
+.PHONY: help setup demo test lint format bench tiny-model imagine build import train eval \
+	report clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -79,6 +80,19 @@ TRAIN_OPTS = $(if $(DATA),--data $(DATA)) $(if $(GENERAL),--general $(GENERAL)) 
 
 train: $(STAMP) ## train METHOD (default crl) with TRL + LoRA -> $(OUT) (default outputs/train/METHOD)
 	$(BIN)/macaroon train --config configs/train/$(METHOD).yaml $(TRAIN_OPTS)
+
+# make eval [MODEL=..] [ADAPTER=dir] [BACKEND=hf|vllm|openai] [PIE=evaluation_dataset.jsonl]
+#           [JUDGE_BASE_URL=url] [JUDGE_MODEL=name] [OUT=dir] [ARGS="--option value ..."]
+EVAL_OPTS = $(if $(BACKEND),--backend $(BACKEND)) $(if $(MODEL),--model $(MODEL)) \
+	$(if $(ADAPTER),--adapter $(ADAPTER)) $(if $(PIE),--pie $(PIE)) \
+	$(if $(JUDGE_BASE_URL),--judge_base_url $(JUDGE_BASE_URL)) \
+	$(if $(JUDGE_MODEL),--judge_model $(JUDGE_MODEL)) $(if $(OUT),--out $(OUT)) $(ARGS)
+
+eval: $(STAMP) ## PIE: generate -> judge -> report into $(OUT) (default outputs/eval/NAME)
+	$(BIN)/macaroon eval --config configs/eval.yaml $(EVAL_OPTS)
+
+report: $(STAMP) ## compare runs: make report RUNS="outputs/eval/a outputs/eval/b"
+	$(BIN)/macaroon report $(RUNS) $(ARGS)
 
 clean: ## remove outputs/ (keeps .venv)
 	rm -rf outputs

@@ -211,6 +211,78 @@ def cmd_train(argv: Sequence[str]) -> int:
     return 0
 
 
+def cmd_eval(argv: Sequence[str], prog: str = "macaroon eval", stages: str | None = None) -> int:
+    from evaluation.run import EvalConfig, run_eval
+
+    (cfg,) = parse_config([EvalConfig], argv, prog)
+    if stages:
+        cfg.stages = stages
+    _ensure_default_model(cfg.model)
+    metrics = run_eval(cfg)
+    print(eval_report(metrics, cfg.out))
+    failed = sum(s["failed"] + s["skipped_failed"] for s in metrics["stages"])
+    return 1 if failed else 0  # a stage with failed items is incomplete
+
+
+def eval_report(metrics: dict, out: str) -> str:
+    from pipeline.runner import StageStats
+
+    lines = ["", "summary:"] + ["  " + StageStats(**s).line() for s in metrics["stages"]]
+    lines.append(
+        f"  model calls: {metrics['model_calls']}"
+        + (" (everything was cached)" if metrics["model_calls"] == 0 else "")
+    )
+    for name, m in metrics["types"].items():
+        rate = "–" if m["align_rate"] is None else f"{m['align_rate']:.2f}"
+        lines.append(
+            f"  {name:<28} align {rate}  "
+            f"(n {m['n']}, unparsed {m['unparsed']}, failed {m['failed']})"
+        )
+    aar = "–" if metrics["aar"] is None else f"{metrics['aar']:.3f}"
+    lines.append(f"  AAR {aar}; results in {out} (metrics.json, table.md, plot.png, browse.html)")
+    return "\n".join(lines)
+
+
+@dataclass
+class ReportConfig:
+    """`macaroon report RUN_DIR... [--out DIR] [--agreement RUN_DIR|labels.csv]`."""
+
+    out: str | None = field(default=None, metadata={"help": "Where the comparison goes."})
+    agreement: str | None = field(
+        default=None,
+        metadata={"help": "Another judge's run folder or a CSV of human labels (Image ID, "
+                  "Question, label): agreement and Cohen's kappa with the first run."},
+    )  # fmt: skip
+
+
+def cmd_report(argv: Sequence[str]) -> int:
+    from evaluation.agreement import agreement, agreement_table, load_verdicts
+    from evaluation.run import write_reports
+
+    runs = _leading_paths(argv)
+    (cfg,) = parse_config([ReportConfig], list(argv)[len(runs) :], "macaroon report")
+    if not runs:
+        raise ValueError("give one or more run folders: macaroon report RUN_DIR... [--out DIR]")
+    metrics = []
+    for run in runs:
+        path = Path(run) / "metrics.json"
+        if not path.is_file():
+            raise FileNotFoundError(f"{run}: no metrics.json; run `macaroon eval` there first")
+        metrics.append(json.loads(path.read_text()))
+    types = list(dict.fromkeys(t for m in metrics for t in m["types"]))
+    out = Path(cfg.out or (runs[0] if len(runs) == 1 else "outputs/eval/compare"))
+    out.mkdir(parents=True, exist_ok=True)
+    write_reports(metrics, types, out)
+    print((out / "table.md").read_text())
+    if cfg.agreement:
+        result = agreement(load_verdicts(runs[0]), load_verdicts(cfg.agreement))
+        (out / "agreement.json").write_text(json.dumps(result, indent=2))
+        (out / "agreement.md").write_text(agreement_table(result))
+        print(agreement_table(result))
+    print(f"report in {out} (table.md, plot.png)")
+    return 0
+
+
 def _peek_method(argv: Sequence[str]) -> str:
     """METHOD decides which TRL config parses the rest: from --method, else the YAML file."""
     argv = list(argv)
@@ -232,6 +304,16 @@ COMMANDS: dict[str, tuple[str, Callable[[Sequence[str]], int]]] = {
     "build": ("rebuild the dataset from the stored records (no model calls)", cmd_build),
     "import": ("the original MACAROON training files -> our dataset formats", cmd_import),
     "train": ("train METHOD=crl|sft|dpo|multiturn|sft_after_multiturn (TRL + LoRA)", cmd_train),
+    "generate": (
+        "the model under test answers PIE",
+        lambda argv: cmd_eval(argv, "macaroon generate", "generate"),
+    ),
+    "judge": (
+        "judge stored answers by the rubric per type",
+        lambda argv: cmd_eval(argv, "macaroon judge", "judge,report"),
+    ),
+    "report": ("metrics, table, plot; compare runs; judge agreement", cmd_report),
+    "eval": ("generate -> judge -> report on PIE", cmd_eval),
     "demo": ("run the main job on the bundled defaults", cmd_demo),
 }
 

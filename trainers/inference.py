@@ -39,8 +39,11 @@ class TrainedModelBackend(HFBackend):
         batch_size: int = 16,
         dtype: str = "auto",
         trust_remote_code: bool = False,
+        condition: bool = True,
     ):
+        """`condition=False` leaves the messages alone (the caller conditions them itself)."""
         self.record = read_record(trained)
+        self.condition = condition
         is_adapter = (Path(trained) / "adapter_config.json").is_file()
         if is_adapter and not (base or self.record):
             raise ValueError(f"{trained}: an adapter without {RECORD_FILE}: pass the base model")
@@ -66,5 +69,6 @@ class TrainedModelBackend(HFBackend):
         self.model = PeftModel.from_pretrained(self.model, adapter).eval()
 
     def generate(self, requests: Sequence[Request]) -> Iterator[Completion]:
-        ready = [replace(r, messages=conditioned(r.messages, self.record)) for r in requests]
-        yield from super().generate(ready)
+        if self.condition:
+            requests = [replace(r, messages=conditioned(r.messages, self.record)) for r in requests]
+        yield from super().generate(requests)

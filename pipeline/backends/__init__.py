@@ -105,8 +105,11 @@ class BackendConfig:
     timeout: float = field(default=120.0, metadata={"help": "Seconds per request (openai)."})
 
 
-def open_backend(cfg: BackendConfig) -> Backend:
-    """The backend `cfg` names, ready to generate (a local server is started if needed)."""
+def open_backend(cfg: BackendConfig, extra_body: dict | None = None) -> Backend:
+    """The backend `cfg` names, ready to generate (a local server is started if needed).
+
+    `extra_body` goes into every request of the openai backend (e.g. `response_format`).
+    """
     if cfg.backend == "hf":
         from pipeline.backends.hf import HFBackend
 
@@ -132,8 +135,9 @@ def open_backend(cfg: BackendConfig) -> Backend:
             server = VLLMServer(cfg.model, max_model_len=cfg.max_model_len).start()
             base_url = server.base_url
         backend = OpenAIBackend(
-            cfg.model, base_url, cfg.api_key_env, cfg.concurrency, cfg.max_retries, cfg.timeout
-        )
+            cfg.model, base_url, cfg.api_key_env, cfg.concurrency, cfg.max_retries, cfg.timeout,
+            extra_body=extra_body,
+        )  # fmt: skip
         backend.server = server  # stopped by close_backend
         return backend
     raise ValueError(f"--backend {cfg.backend!r}: unknown; choose one of {', '.join(BACKENDS)}")

@@ -1,0 +1,281 @@
+"""`macaroon eval` = generate -> judge -> report, each stage resumable and cached."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+from evaluation.metrics import FAILED, UNPARSED, summarize, type_metrics
+from evaluation.pie import load_pie
+from evaluation.report import browse, plot, table
+from pipeline import DEFAULT_CRITERIA_DIR, DEFAULT_PROMPTS_DIR, DEFAULT_SAMPLES_DIR
+from pipeline.backends import Backend, BackendConfig, Request, Sampling, close_backend, open_backend
+from pipeline.criteria import load_criteria
+from pipeline.judge import judge_item, load_judge_template, parse_verdict
+from pipeline.runner import Item, StageStats, pending, run_stage
+from pipeline.store import RecordStore, file_hash, record_key
+from trainers.inference import TrainedModelBackend, conditioned, read_record
+
+DEFAULT_JUDGE = "gpt-4o-2024-08-06"  # a dated snapshot: verdicts stay comparable over time
+LABELS = ("True", "False", "Ambiguous")
+STAGES = ("generate", "judge", "report")
+
+
+@dataclass
+class EvalConfig(BackendConfig):
+    """`macaroon eval`: the model under test on PIE, judged by a rubric per question type."""
+
+    adapter: str | None = field(
+        default=None, metadata={"help": "A `make train` output folder (hf backend); its METHOD "
+                                "decides the conditioning (CRL: `good`)."},
+    )  # fmt: skip
+    pie: str = field(
+        default=str(DEFAULT_SAMPLES_DIR / "evaluation_dataset.jsonl"),
+        metadata={"help": "PIE file (images in images/ beside it)."},
+    )
+    criteria: str = field(default=str(DEFAULT_CRITERIA_DIR), metadata={"help": "Rubrics."})
+    prompts: str = field(default=str(DEFAULT_PROMPTS_DIR), metadata={"help": "Judge template."})
+    out: str | None = field(default=None, metadata={"help": "Run folder (outputs/eval/NAME)."})
+    name: str | None = field(default=None, metadata={"help": "Run name in tables and plots."})
+    max_tokens: int = field(default=512, metadata={"help": "Token limit per answer."})
+    temperature: float = field(default=0.0, metadata={"help": "0 = greedy answers."})
+    seed: int = field(default=0, metadata={"help": "Sampling seed (part of every key)."})
+    judge_backend: str = field(default="openai", metadata={"help": "Backend of the judge."})
+    judge_model: str = field(
+        default=DEFAULT_JUDGE,
+        metadata={"help": "Judge model; a local folder with no judge_base_url is served by vLLM."},
+    )
+    judge_base_url: str | None = field(
+        default=None, metadata={"help": "OpenAI-compatible judge endpoint (e.g. vllm serve)."}
+    )
+    judge_api_key_env: str = field(
+        default="OPENAI_API_KEY", metadata={"help": "Environment variable with the judge's key."}
+    )
+    judge_concurrency: int = field(default=32, metadata={"help": "Judge calls in flight."})
+    judge_max_tokens: int = field(default=256, metadata={"help": "Token limit per verdict."})
+    judge_structured: bool = field(
+        default=True,
+        metadata={"help": "Ask for the verdict as JSON schema (response_format); off for "
+                  "servers that reject it. The tolerant parser reads either way."},
+    )  # fmt: skip
+    stages: str = field(default="generate,judge,report", metadata={"help": "Stages to run."})
+    retry_failed: bool = field(default=False, metadata={"help": "Retry only failed records."})
+    progress: bool = field(default=True, metadata={"help": "Show progress bars."})
+
+    def __post_init__(self) -> None:
+        if self.name is None:
+            parts = [Path(self.model.rstrip("/")).name]
+            if self.adapter:
+                parts.append(Path(self.adapter.rstrip("/")).name)
+            self.name = "+".join(parts)
+        if self.out is None:
+            self.out = f"outputs/eval/{re.sub(r'[^A-Za-z0-9_.+-]', '_', self.name)}"
+        unknown = {s.strip() for s in self.stages.split(",")} - set(STAGES)
+        if unknown:
+            raise ValueError(
+                f"--stages: unknown {', '.join(sorted(unknown))}; use {', '.join(STAGES)}"
+            )
+
+
+def run_eval(cfg: EvalConfig) -> dict:
+    """Run the selected stages; returns the metrics (also in OUT/metrics.json)."""
+    out = Path(cfg.out)
+    types = load_criteria(cfg.criteria)
+    items = load_pie(cfg.pie, set(types))  # every row checked before any model call
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(json.dumps(_public(cfg), indent=2))
+    stages = {s.strip() for s in cfg.stages.split(",")}
+    if "judge" in stages:
+        _check_judge(cfg)  # before the model under test spends time answering
+    stats: list[StageStats] = []
+    answers = _generate(cfg, items, out, stats, "generate" in stages)
+    verdicts = _judge(cfg, types, items, answers, out, stats, "judge" in stages)
+    metrics = _metrics(cfg, types, items, answers, verdicts, stats)
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    if "report" in stages:
+        write_reports([metrics], list(types), out)
+        rows = _browse_rows(types, items, answers, verdicts)
+        browse(rows, out / "browse.html", cfg.name)
+        with open(out / "items.jsonl", "w", encoding="utf-8") as f:
+            for item, row in zip(items, rows, strict=True):
+                f.write(json.dumps({"image_id": item.image_id, **row}, ensure_ascii=False) + "\n")
+    return metrics
+
+
+def _check_judge(cfg: EvalConfig) -> None:
+    import os
+
+    local = Path(cfg.judge_model).is_dir()
+    if cfg.judge_backend == "openai" and not cfg.judge_base_url and not local:
+        if not os.environ.get(cfg.judge_api_key_env):
+            raise ValueError(
+                f"the judge {cfg.judge_model} needs an API key in ${cfg.judge_api_key_env}; or "
+                "judge with another server (--judge_base_url URL --judge_model NAME) or a "
+                "local model folder (--judge_model DIR, served on 127.0.0.1 by vLLM)"
+            )
+
+
+def write_reports(runs: list[dict], types: list[str], out: Path) -> None:
+    (out / "table.md").write_text(table(runs, types), encoding="utf-8")
+    plot(runs, types, out / "plot.png")
+
+
+def _public(cfg: EvalConfig) -> dict:
+    """The config as saved beside the results: names of key variables, never keys."""
+    return asdict(cfg)
+
+
+def _conditioning(cfg: EvalConfig) -> dict | None:
+    return read_record(cfg.adapter) if cfg.adapter else read_record(cfg.model)
+
+
+def _answer_backend(cfg: EvalConfig) -> Backend:
+    if not cfg.adapter:
+        return open_backend(cfg)
+    if cfg.backend != "hf":
+        raise ValueError(
+            "--adapter runs on the hf backend; for vllm or openai, train with --merge true "
+            "and pass OUT/merged as --model"
+        )
+    base = None if cfg.model == BackendConfig.model else cfg.model
+    return TrainedModelBackend(cfg.adapter, base, cfg.batch_size, cfg.dtype, condition=False)
+
+
+def _generate(cfg, items, out, stats, run) -> dict[str, dict]:
+    record = _conditioning(cfg)
+    model_id = cfg.model + (f"+{cfg.adapter}" if cfg.adapter else "")
+    sampling = Sampling(max_tokens=cfg.max_tokens, temperature=cfg.temperature, seed=cfg.seed)
+    work = []
+    for item in items:
+        content = [{"type": "image"}, {"type": "text", "text": item.question}]
+        messages = conditioned([{"role": "user", "content": content}], record)
+        key = record_key(
+            stage="generate", model=model_id, image=file_hash(item.image), messages=messages,
+            sampling=sampling.__dict__,
+        )  # fmt: skip
+        fields = {
+            "image_id": item.image_id, "question": item.question,
+            "question_type": item.question_type, "image": str(item.image), "model": cfg.model,
+            "adapter": cfg.adapter, "method": (record or {}).get("method"),
+            "backend": cfg.backend, "sampling": sampling.__dict__,
+        }  # fmt: skip
+        work.append(Item(key, Request(messages, (item.image,), sampling), fields))
+    with RecordStore(out / "generations.jsonl") as store:
+        _stage("generate", work, lambda: _answer_backend(cfg), store, cfg, stats, run)
+        return {
+            f"{i.image_id}\0{i.question}": store.get(w.key)
+            for i, w in zip(items, work, strict=True)
+        }
+
+
+def _judge(cfg, types, items, answers, out, stats, run) -> dict[str, dict]:
+    template = load_judge_template(cfg.prompts)
+    sampling = Sampling(max_tokens=cfg.judge_max_tokens, temperature=0.0, seed=cfg.seed)
+    work, owners = [], []
+    for item in items:
+        answer = answers.get(f"{item.image_id}\0{item.question}")
+        if not answer or answer["status"] != "ok":
+            continue
+        qtype = types[item.question_type]
+        fields = {"image_id": item.image_id, "question": item.question,
+                  "question_type": item.question_type, "response_key": answer["key"]}  # fmt: skip
+        work.append(judge_item(template, qtype, item.image, item.question, answer["text"],
+                               cfg.judge_model, sampling, fields))  # fmt: skip
+        owners.append(f"{item.image_id}\0{item.question}")
+    judge_cfg = replace(
+        cfg, backend=cfg.judge_backend, model=cfg.judge_model, base_url=cfg.judge_base_url,
+        api_key_env=cfg.judge_api_key_env, concurrency=cfg.judge_concurrency, adapter=None,
+    )  # fmt: skip
+    schema = _verdict_schema() if cfg.judge_structured and cfg.judge_backend == "openai" else None
+    with RecordStore(out / "judgments.jsonl") as store:
+        _stage("judge", work, lambda: open_backend(judge_cfg, schema), store, cfg, stats, run)
+        return {owner: store.get(w.key) for owner, w in zip(owners, work, strict=True)}
+
+
+def _verdict_schema() -> dict:
+    schema = {
+        "type": "object",
+        "properties": {"verdict": {"type": "string", "enum": list(LABELS)},
+                       "explanation": {"type": "string"}},
+        "required": ["verdict", "explanation"],
+        "additionalProperties": False,
+    }  # fmt: skip
+    json_schema = {"name": "verdict", "strict": True, "schema": schema}
+    return {"response_format": {"type": "json_schema", "json_schema": json_schema}}
+
+
+def _stage(name, work, opener, store, cfg, stats, run) -> None:
+    if not run:
+        stats.append(
+            StageStats(name, total=len(work), cached=sum(store.is_ok(w.key) for w in work))
+        )
+        return
+    backend = opener() if pending(work, store, cfg.retry_failed) else None
+    try:
+        stats.append(run_stage(name, work, backend, store, cfg.retry_failed, cfg.progress))
+    finally:
+        if backend is not None:
+            close_backend(backend)
+
+
+def verdict_of(types, item, answers, verdicts) -> str:
+    key = f"{item.image_id}\0{item.question}"
+    answer, judgment = answers.get(key), verdicts.get(key)
+    if not answer or answer["status"] != "ok" or not judgment or judgment["status"] != "ok":
+        return FAILED
+    return parse_verdict(judgment["text"], list(types[item.question_type].labels)) or UNPARSED
+
+
+def _metrics(cfg, types, items, answers, verdicts, stats) -> dict:
+    per_type = {}
+    for name, qtype in types.items():
+        mine = [i for i in items if i.question_type == name]
+        if mine:
+            per_type[name] = type_metrics(
+                [verdict_of(types, i, answers, verdicts) for i in mine], qtype.tier
+            )
+    usage = [v.get("usage") or [0, 0] for v in verdicts.values() if v]
+    record = _conditioning(cfg) or {}
+    return {
+        "name": cfg.name,
+        "types": per_type,
+        **summarize(per_type),
+        "n": len(items),
+        "unparsed": sum(m["unparsed"] for m in per_type.values()),
+        "failed": sum(m["failed"] for m in per_type.values()),
+        "model": {"model": cfg.model, "adapter": cfg.adapter, "method": record.get("method"),
+                  "conditioning": record.get("conditioning"), "backend": cfg.backend,
+                  "max_tokens": cfg.max_tokens, "temperature": cfg.temperature, "seed": cfg.seed},
+        "judge": {"model": cfg.judge_model, "backend": cfg.judge_backend,
+                  "base_url": cfg.judge_base_url, "temperature": 0.0,
+                  "max_tokens": cfg.judge_max_tokens, "structured": cfg.judge_structured,
+                  "prompt_tokens": sum(u[0] for u in usage),
+                  "completion_tokens": sum(u[1] for u in usage)},
+        "stages": [asdict(s) for s in stats],
+        "model_calls": sum(s.generated + s.failed for s in stats),
+        "pie": cfg.pie,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }  # fmt: skip
+
+
+def _browse_rows(types, items, answers, verdicts) -> list[dict]:
+    rows = []
+    for item in items:
+        key = f"{item.image_id}\0{item.question}"
+        answer, judgment = answers.get(key) or {}, verdicts.get(key) or {}
+        text = judgment.get("text") or judgment.get("error") or answer.get("error") or ""
+        rows.append({
+            "image": str(item.image), "question": item.question,
+            "question_type": item.question_type, "response": answer.get("text"),
+            "verdict": verdict_of(types, item, answers, verdicts),
+            "explanation": _explanation(text),
+        })  # fmt: skip
+    return rows
+
+
+def _explanation(text: str) -> str:
+    match = re.search(r'"explanation"\s*:\s*"((?:[^"\\]|\\.)*)"', text or "")
+    return json.loads(f'"{match.group(1)}"') if match else (text or "")

@@ -1,0 +1,182 @@
+"""`macaroon eval`: PIE -> answers -> rubric verdicts -> metrics and reports."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from conftest import PIE_TYPES, SAMPLES
+from openai_stub import last_user_text, stub_server
+
+from pipeline.cli import main
+
+SECRET = "sk-test-do-not-leak-4242"
+# What the scripted judge says for each type: known answers give known metrics.
+SCRIPT = {
+    "False Premise": '{"verdict": "True", "explanation": "It corrects the premise."}',
+    "Unanswerable Questions": "**False**",
+    "Subject Ambiguity": "Flag: Ambiguous",
+    "Subjective Interpretations": "True.",
+    "Unclear User Background": '{"verdict": "False", "explanation": "It assumes."}',
+    "Hidden Human Preferences": "I am not sure what to say.",
+}
+
+
+def scripted(body: dict) -> str:
+    text = last_user_text(body)
+    if "Answer with JSON only" not in text:  # the model under test
+        return "ECHO: " + text
+    for name, reply in SCRIPT.items():
+        if name.lower() in text.lower() or _rubric_of(name) in text:
+            return reply
+    return "garbage"
+
+
+def _rubric_of(name):
+    from pipeline.criteria import load_criteria
+
+    return load_criteria(SAMPLES.parent / "criteria")[name].rubric[:60]
+
+
+@pytest.fixture
+def stub(monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", SECRET)
+    with stub_server(reply=scripted) as server:
+        yield server
+
+
+def run(stub, out, *extra):
+    return main(["eval", "--backend", "openai", "--model", "model-under-test",
+                 "--base_url", stub.base_url, "--judge_base_url", stub.base_url,
+                 "--judge_model", "judge", "--out", str(out), "--progress", "false",
+                 *extra])  # fmt: skip
+
+
+def test_metrics_from_known_verdicts(stub, tmp_path):
+    assert run(stub, tmp_path) == 0
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    types = metrics["types"]
+    assert list(types) == list(PIE_TYPES) and all(t["n"] == 4 for t in types.values())
+    assert types["False Premise"]["align_rate"] == 1.0
+    assert types["Unanswerable Questions"]["align_rate"] == 0.0
+    assert types["Subject Ambiguity"]["align_rate"] == 0.0
+    assert types["Subject Ambiguity"]["ambiguous_rate"] == 1.0
+    assert types["Subjective Interpretations"]["align_rate"] == 1.0
+    assert types["Hidden Human Preferences"]["unparsed"] == 4  # unparsed, never False
+    assert types["Hidden Human Preferences"]["align_rate"] is None
+    assert types["False Premise"]["ambiguous_rate"] is None
+    assert metrics["aar"] == pytest.approx(2 / 5) and metrics["aar_types"] == 5
+    assert metrics["aar_weighted"] == pytest.approx(8 / 20)
+    assert metrics["judge"]["model"] == "judge" and metrics["judge"]["temperature"] == 0.0
+    assert metrics["judge"]["prompt_tokens"] > 0
+    assert set(metrics["tiers"]) == {"I", "II", "III"}
+    for name in ("table.md", "plot.png", "browse.html", "items.jsonl", "config.json"):
+        assert (tmp_path / name).stat().st_size > 0
+    table = (tmp_path / "table.md").read_text()
+    assert "| model-under-test | 1.00 | 0.00 | 0.00 (amb. 1.00) |" in table
+    assert "It corrects the premise." in (tmp_path / "browse.html").read_text()
+    # The judge was asked for a JSON-schema verdict with the three labels.
+    body = next(b for b in stub.requests if "response_format" in b)
+    assert body["response_format"]["json_schema"]["schema"]["properties"]["verdict"]["enum"]
+
+
+def test_rerun_makes_zero_calls_and_the_key_never_lands_on_disk(stub, tmp_path, capsys):
+    assert run(stub, tmp_path) == 0
+    calls = stub.calls
+    assert run(stub, tmp_path) == 0
+    assert (
+        stub.calls == calls and "model calls: 0 (everything was cached)" in capsys.readouterr().out
+    )
+    assert all(h.get("Authorization") == f"Bearer {SECRET}" for h in stub.headers)
+    for path in tmp_path.rglob("*"):
+        if path.is_file():
+            assert SECRET.encode() not in path.read_bytes(), path
+
+
+def test_a_crl_model_gets_its_good_token(stub, tmp_path):
+    model = tmp_path / "merged-crl"
+    model.mkdir()
+    (model / "macaroon.json").write_text(json.dumps({"method": "crl", "conditioning": "good"}))
+    assert main(["eval", "--backend", "openai", "--model", str(model), "--base_url",
+                 stub.base_url, "--judge_base_url", stub.base_url, "--judge_model", "judge",
+                 "--out", str(tmp_path / "out"), "--progress", "false"]) == 0  # fmt: skip
+    asked = [
+        last_user_text(b) for b in stub.requests if "Answer with JSON" not in last_user_text(b)
+    ]
+    assert len(asked) == 24 and all(q.startswith("good ") for q in asked)
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert metrics["model"]["method"] == "crl" and metrics["model"]["conditioning"] == "good"
+
+
+def test_judge_failures_are_their_own_category(monkeypatch, tmp_path):
+    monkeypatch.setenv("OPENAI_API_KEY", SECRET)
+
+    def faults(body):
+        text = last_user_text(body)
+        return "500" if "Answer with JSON only" in text and "mug" in text.lower() else None
+
+    with stub_server(reply=scripted, faults=faults) as stub:
+        assert run(stub, tmp_path, "--max_retries", "0") == 1  # incomplete: exit 1
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    failed = sum(t["failed"] for t in metrics["types"].values())
+    assert failed > 0 and metrics["failed"] == failed
+    assert all(
+        t["judged"] + t["unparsed"] + t["failed"] == t["n"] for t in metrics["types"].values()
+    )
+
+
+def test_report_compares_runs_and_measures_agreement(stub, tmp_path, capsys):
+    assert run(stub, tmp_path / "a") == 0
+    labels = tmp_path / "labels.csv"
+    rows = [json.loads(line) for line in (tmp_path / "a" / "items.jsonl").open()]
+    with labels.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["Image ID", "Question", "label"])
+        for row in rows:
+            writer.writerow([row["image_id"], row["question"], "True"])
+    assert main(["report", str(tmp_path / "a"), str(tmp_path / "a"), "--out",
+                 str(tmp_path / "cmp"), "--agreement", str(labels)]) == 0  # fmt: skip
+    agreement = json.loads((tmp_path / "cmp" / "agreement.json").read_text())
+    assert agreement["False Premise"]["agreement"] == 1.0
+    assert agreement["Unanswerable Questions"]["agreement"] == 0.0
+    assert agreement["Hidden Human Preferences"]["left_out"] == 4
+    assert (tmp_path / "cmp" / "table.md").read_text().count("| model-under-test |") == 2
+
+
+def test_bad_inputs_stop_before_any_model_call(stub, tmp_path, capsys, monkeypatch):
+    pie = tmp_path / "pie"
+    (pie / "images").mkdir(parents=True)
+    (pie / "evaluation_dataset.jsonl").write_text(
+        '{"Image ID": "x", "Question": "Why?", "Question Type": "Sarcasm"}\n{oops\n'
+    )
+    assert run(stub, tmp_path / "out", "--pie", str(pie)) == 2
+    err = capsys.readouterr().err
+    assert "2 bad row(s)" in err and "line 1: unknown Question Type" in err and "line 2" in err
+    assert stub.calls == 0
+
+    monkeypatch.delenv("OPENAI_API_KEY")
+    assert main(["eval", "--backend", "openai", "--model", "m", "--base_url", stub.base_url,
+                 "--out", str(tmp_path / "o2")]) == 2  # fmt: skip
+    assert "needs an API key in $OPENAI_API_KEY" in capsys.readouterr().err
+    assert stub.calls == 0
+
+
+@pytest.mark.vllm
+def test_make_eval_with_the_tiny_model_and_a_local_judge_server(tiny_model, tmp_path):
+    """The real path: hf answers, a vLLM OpenAI-compatible server on loopback judges."""
+    model = tiny_model("llava")
+    command = [sys.executable, "-m", "pipeline.cli", "eval", "--model", str(model),
+               "--judge_model", str(model), "--out", str(tmp_path), "--max_tokens", "24",
+               "--judge_max_tokens", "32", "--progress", "false"]  # fmt: skip
+    done = subprocess.run(
+        command, capture_output=True, text=True, timeout=600, env=dict(os.environ)
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert sum(t["n"] for t in metrics["types"].values()) == 24 and metrics["failed"] == 0
+    assert all(t["judged"] + t["unparsed"] == t["n"] for t in metrics["types"].values())
+    assert "started a vLLM server" in done.stdout
+    for name in ("table.md", "plot.png", "browse.html"):
+        assert (tmp_path / name).is_file()
