@@ -22,12 +22,16 @@ def test_defaults_without_a_file():
 def test_bundled_configs_parse(tmp_path):
     from conftest import REPO
 
+    from evaluation.run import EvalConfig
+    from imagination.imagine import ImagineConfig
     from pipeline.cli import CriteriaConfig, DemoConfig
 
     for name, kind in [
         ("tiny_model", TinyModelConfig),
         ("demo", DemoConfig),
         ("criteria", CriteriaConfig),
+        ("imagine", ImagineConfig),
+        ("eval", EvalConfig),
     ]:
         parse_config([kind], ["--config", str(REPO / "configs" / f"{name}.yaml")], name)
 
