@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipeline import DEFAULT_CRITERIA_DIR, DEFAULT_PROMPTS_DIR, DEFAULT_SAMPLES_DIR
+from pipeline import DEFAULT_CRITERIA_DIR, DEFAULT_SAMPLES_DIR, REPO_ROOT
 from pipeline.config import ConfigError, parse_config
 from pipeline.criteria import CriteriaError
 
@@ -42,60 +43,62 @@ def cmd_criteria(argv: Sequence[str]) -> int:
 
 @dataclass
 class DemoConfig:
-    """`macaroon demo`: the main job on the bundled defaults."""
+    """`macaroon demo`: imagine -> train CRL -> evaluate, on the bundled samples, on CPU."""
 
     arch: str = field(default="llava", metadata={"help": "Local model family to build."})
-    size: str = field(default="tiny", metadata={"help": "Local model size: tiny or small."})
-    images_dir: str = field(
+    size: str = field(default="small", metadata={"help": "Local model size: tiny or small."})
+    images: str = field(
         default=str(DEFAULT_SAMPLES_DIR / "images"), metadata={"help": "Images to imagine on."}
     )
-    criteria_dir: str = field(default=str(DEFAULT_CRITERIA_DIR), metadata={"help": "Criteria."})
-    prompts_dir: str = field(default=str(DEFAULT_PROMPTS_DIR), metadata={"help": "Templates."})
+    criteria: str = field(default=str(DEFAULT_CRITERIA_DIR), metadata={"help": "Criteria."})
+    pie: str = field(
+        default=str(DEFAULT_SAMPLES_DIR / "evaluation_dataset.jsonl"),
+        metadata={"help": "PIE file to evaluate on."},
+    )
     out: str = field(default="outputs/demo", metadata={"help": "Output folder."})
+    max_tokens: int = field(default=48, metadata={"help": "Token limit per generated text."})
+    train_steps: int = field(default=60, metadata={"help": "CRL training steps."})
 
 
 def cmd_demo(argv: Sequence[str]) -> int:
-    from imagination.prompts import chat, load_templates, render
-    from pipeline.criteria import criteria_hash, load_criteria
-    from pipeline.images import list_images
     from pipeline.tiny_model import TinyModelConfig, build_tiny_model
 
     (cfg,) = parse_config([DemoConfig], argv, "macaroon demo")
-    model_cfg = TinyModelConfig(arch=cfg.arch, size=cfg.size, criteria_dir=cfg.criteria_dir)
-    print(f"[1/2] building the local {cfg.arch} ({cfg.size}) model in {model_cfg.out}")
-    model_dir = build_tiny_model(model_cfg)
-
-    types = load_criteria(cfg.criteria_dir)
-    template = load_templates(cfg.prompts_dir)["question"]
-    images = list_images(cfg.images_dir)
-    print(f"[2/2] rendering question prompts: {len(images)} images x {len(types)} types")
-    from transformers import AutoProcessor
-
-    processor = AutoProcessor.from_pretrained(model_dir)
     out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    lengths = []
-    with open(out / "prompts.jsonl", "w", encoding="utf-8") as f:
-        for image in images:
-            for qtype in types.values():
-                prompt = render(template, qtype)
-                text = processor.apply_chat_template(chat(prompt), add_generation_prompt=True)
-                lengths.append(len(processor.tokenizer(text)["input_ids"]))
-                row = {
-                    "image": str(image),
-                    "question_type": qtype.name,
-                    "criteria_hash": qtype.content_hash,
-                    "prompt": prompt,
-                }
-                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    model = str(out / "model")
+    tokens = str(cfg.max_tokens)
+    print(f"[1/4] building the local {cfg.arch} ({cfg.size}) model in {model}")
+    build_tiny_model(TinyModelConfig(arch=cfg.arch, size=cfg.size, out=model,
+                                     criteria_dir=cfg.criteria))  # fmt: skip
+    print("[2/4] self-imagination: questions, preferred and rejected responses, filter, build")
+    imagine = ["--model", model, "--images", cfg.images, "--criteria", cfg.criteria,
+               "--out", str(out / "imagine"), "--question_max_tokens", "24",
+               "--response_max_tokens", tokens]  # fmt: skip
+    status = cmd_imagine(imagine)
+    print("[3/4] conditional RL training (TRL SFTTrainer, LoRA, reward tokens good/bad)")
+    status |= cmd_train(["--config", str(CONFIGS / "train" / "crl.yaml"),
+                         "--data", str(out / "imagine" / "dataset"),
+                         "--model_name_or_path", model, "--output_dir", str(out / "crl"),
+                         "--max_steps", str(cfg.train_steps), "--warmup_steps", "0",
+                         "--gradient_accumulation_steps", "1",
+                         "--learning_rate", "1e-3", "--gradient_checkpointing", "false",
+                         "--save_strategy", "no", "--logging_steps", "10"])  # fmt: skip
+    print("[4/4] PIE evaluation: the CRL model answers; a judge served on 127.0.0.1 rates")
+    status |= cmd_eval(["--model", model, "--adapter", str(out / "crl"), "--pie", cfg.pie,
+                        "--criteria", cfg.criteria, "--judge_model", model,
+                        "--out", str(out / "eval"), "--max_tokens", tokens,
+                        "--judge_max_tokens", "64"])  # fmt: skip
     print(
-        f"done: model in {model_dir}; {len(lengths)} prompts in {out / 'prompts.jsonl'} "
-        f"(criteria hash {criteria_hash(types)}, {min(lengths)}-{max(lengths)} tokens each "
-        "before image expansion)"
+        f"\ndemo done{' (with failures: see above)' if status else ''}:\n"
+        f"  dataset  {out / 'imagine' / 'dataset'}\n  adapter  {out / 'crl'}\n"
+        f"  report   {out / 'eval'} (table.md, plot.png, browse.html)\n"
+        "The local model has random weights: its text is noise. The demo shows the pipeline; "
+        "README.md gives the commands for a real run."
     )
-    return 0
+    return status
 
 
+CONFIGS = REPO_ROOT / "configs"
 DEFAULT_MODEL = "outputs/models/llava-tiny"
 
 
@@ -325,7 +328,13 @@ def usage() -> str:
     return "\n".join(lines)
 
 
+# No usage statistics leave this machine (the user may still set these to 0 on purpose).
+TELEMETRY_OFF = {"HF_HUB_DISABLE_TELEMETRY": "1", "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1"}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    for name, value in TELEMETRY_OFF.items():
+        os.environ.setdefault(name, value)
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(usage())
@@ -340,6 +349,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Bad input: one clear line naming the file and the fix, no traceback.
         print(f"macaroon {name}: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(
+            f"\nmacaroon {name}: interrupted; finished records are kept, rerun the same "
+            "command to go on from there",
+            file=sys.stderr,
+        )
+        return 130
+    except OSError as err:  # read-only folder, full disk, ...: the machine, not the input
+        where = f" {err.filename}" if getattr(err, "filename", None) else ""
+        print(
+            f"macaroon {name}: error: cannot write{where}: {err.strerror or err}; free space or "
+            "choose a writable output folder (finished records are kept)",
+            file=sys.stderr,
+        )
+        return 1
 
 
 if __name__ == "__main__":

@@ -60,6 +60,8 @@ class RecordStore:
     def _load(self) -> None:
         if not self.path.exists():
             return
+        if not self.path.is_file():
+            raise StoreError(f"{self.path}: not a regular file; remove it or choose another --out")
         data = self.path.read_bytes()
         if data and not data.endswith(b"\n"):
             # A kill mid-write leaves a partial last line: drop it so appends start clean.
