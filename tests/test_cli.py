@@ -32,14 +32,19 @@ def test_unknown_command_exits_2(capsys):
     assert "unknown command 'fly'" in capsys.readouterr().err
 
 
-def test_demo_renders_a_prompt_per_image_and_type(tmp_path, monkeypatch, capsys):
+@pytest.mark.slow
+@pytest.mark.vllm
+def test_demo_runs_imagine_train_eval_end_to_end(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    assert main(["demo", "--out", "demo"]) == 0
-    rows = [json.loads(line) for line in (tmp_path / "demo" / "prompts.jsonl").open()]
-    assert len(rows) == 12 * 6
-    assert {r["question_type"] for r in rows} == set(PIE_TYPES)
-    assert (tmp_path / "outputs/models/llava-tiny/model.safetensors").is_file()
-    assert "72 prompts" in capsys.readouterr().out
+    argv = ["demo", "--size", "tiny", "--train_steps", "3", "--out", "demo", "--max_tokens", "16"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "[4/4]" in out and "demo done:" in out and "text is noise" in out
+    assert (tmp_path / "demo/imagine/dataset/dataset_dict.json").is_file()
+    assert json.loads((tmp_path / "demo/crl/macaroon.json").read_text())["method"] == "crl"
+    metrics = json.loads((tmp_path / "demo/eval/metrics.json").read_text())
+    assert metrics["model"]["conditioning"] == "good" and metrics["n"] == 24
+    assert metrics["failed"] == 0 and {t for t in metrics["types"]} == set(PIE_TYPES)
 
 
 def test_criteria_command_reports_a_bad_file(tmp_path, capsys):
