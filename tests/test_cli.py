@@ -59,3 +59,12 @@ def test_criteria_command_lists_types(capsys):
     assert main(["criteria"]) == 0
     out = capsys.readouterr().out
     assert all(name in out for name in PIE_TYPES) and "6 question types" in out
+
+
+def test_config_reference_is_current():
+    from conftest import REPO
+
+    from pipeline.cli import config_reference
+
+    committed = (REPO / "docs" / "CONFIG.md").read_text()
+    assert committed == config_reference(), "run `macaroon docs` and commit docs/CONFIG.md"

@@ -22,6 +22,8 @@ RECORD_FILE = "macaroon.json"  # written beside the adapter: METHOD, reward toke
 
 @dataclass
 class MacaroonTrainConfig:
+    """`macaroon train`: the METHOD, its data, and the CRL conditioning."""
+
     method: str = field(default="crl", metadata={"help": f"One of {', '.join(METHODS)}."})
     data: str = field(
         default="outputs/imagine/dataset",
