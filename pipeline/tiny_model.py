@@ -159,8 +159,18 @@ def _template(name: str) -> str:
 def _llama_config(tokenizer, size: str, cls_name: str = "LlamaConfig"):
     import transformers
 
-    t = TEXT[size]
     return getattr(transformers, cls_name)(
+        **_text_tower(tokenizer, size),
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=False,
+    )
+
+
+def _text_tower(tokenizer, size: str) -> dict:
+    t = TEXT[size]
+    return dict(
         vocab_size=len(tokenizer),
         hidden_size=t["hidden"],
         intermediate_size=t["mlp"],
@@ -168,10 +178,6 @@ def _llama_config(tokenizer, size: str, cls_name: str = "LlamaConfig"):
         num_attention_heads=t["heads"],
         num_key_value_heads=t["kv_heads"],
         max_position_embeddings=2048,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        tie_word_embeddings=False,
     )
 
 
@@ -285,13 +291,7 @@ def _qwen2_vl_model(tokenizer, size: str):
     t, v = TEXT[size], VISION[size]
     head_dim = t["hidden"] // t["heads"]
     text = dict(
-        vocab_size=len(tokenizer),
-        hidden_size=t["hidden"],
-        intermediate_size=t["mlp"],
-        num_hidden_layers=t["layers"],
-        num_attention_heads=t["heads"],
-        num_key_value_heads=t["kv_heads"],
-        max_position_embeddings=2048,
+        **_text_tower(tokenizer, size),
         rope_parameters={
             "rope_type": "default",
             "rope_theta": 1000000.0,
