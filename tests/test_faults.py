@@ -98,7 +98,10 @@ def test_kill_9_during_training_then_resume_matches_an_uninterrupted_run(tiny_mo
 
 
 @pytest.mark.slow
-def test_kill_9_during_evaluation_then_rerun_matches_an_uninterrupted_run(tiny_model, tmp_path):
+@pytest.mark.parametrize("stage", ["generations", "judgments"])
+def test_kill_9_during_evaluation_then_rerun_matches_an_uninterrupted_run(
+    tiny_model, tmp_path, stage
+):
     from conftest import SAMPLES
 
     model = tiny_model("llava")
@@ -111,7 +114,7 @@ def test_kill_9_during_evaluation_then_rerun_matches_an_uninterrupted_run(tiny_m
     subprocess.run(_cli(*common, "--out", str(whole)), check=True, capture_output=True)
     process = subprocess.Popen(_cli(*common, "--out", str(killed)), start_new_session=True,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
-    assert _wait_for(killed / "generations.jsonl")
+    assert _wait_for(killed / f"{stage}.jsonl")
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
     subprocess.run(_cli(*common, "--out", str(killed)), check=True, capture_output=True)
