@@ -86,7 +86,8 @@ def run_eval(cfg: EvalConfig) -> dict:
     types = load_criteria(cfg.criteria)
     items = load_pie(cfg.pie, set(types))  # every row checked before any model call
     out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps(_public(cfg), indent=2))
+    # The config holds the name of the key's variable, never a key.
+    (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
     stages = {s.strip() for s in cfg.stages.split(",")}
     if "judge" in stages:
         _check_judge(cfg)  # before the model under test spends time answering
@@ -123,11 +124,6 @@ def write_reports(runs: list[dict], types: list[str], out: Path) -> None:
     plot(runs, types, out / "plot.png")
 
 
-def _public(cfg: EvalConfig) -> dict:
-    """The config as saved beside the results: names of key variables, never keys."""
-    return asdict(cfg)
-
-
 def _conditioning(cfg: EvalConfig) -> dict | None:
     return read_record(cfg.adapter) if cfg.adapter else read_record(cfg.model)
 
@@ -140,6 +136,7 @@ def _answer_backend(cfg: EvalConfig) -> Backend:
             "--adapter runs on the hf backend; for vllm or openai, train with --merge true "
             "and pass OUT/merged as --model"
         )
+    # Left at its default, --model means "the adapter's own base" (from macaroon.json).
     base = None if cfg.model == BackendConfig.model else cfg.model
     return TrainedModelBackend(cfg.adapter, base, cfg.batch_size, cfg.dtype, condition=False)
 

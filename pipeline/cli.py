@@ -166,7 +166,7 @@ class ImportConfig:
 def cmd_import(argv: Sequence[str]) -> int:
     from imagination.importer import import_files, save_import
 
-    paths = [a for a in _leading_paths(argv)]
+    paths = _leading_paths(argv)
     (cfg,) = parse_config([ImportConfig], list(argv)[len(paths) :], "macaroon import")
     if not paths:
         raise ValueError("give one or more files: macaroon import FILE... --out DIR")

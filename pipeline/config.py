@@ -54,10 +54,5 @@ def _check_keys(path: Path, dataclass_types: Sequence[type]) -> None:
         )
 
 
-def config_dict(config: object) -> dict:
-    """A config as plain data, for saving beside outputs."""
-    return dataclasses.asdict(config)
-
-
 class ConfigError(ValueError):
     """A config file or option is wrong; the message names the file and the option."""

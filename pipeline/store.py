@@ -118,8 +118,5 @@ class RecordStore:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def ok_records(self) -> list[dict]:
-        return [r for r in self.records.values() if r["status"] == OK]
-
     def failed_records(self) -> list[dict]:
         return [r for r in self.records.values() if r["status"] == FAILED]
