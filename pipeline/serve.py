@@ -45,10 +45,10 @@ class VLLMServer:
             pass
         env = {**os.environ, "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1"}
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        log = open(self.log_path, "w")  # noqa: SIM115 (owned by the child process)
-        self.process = subprocess.Popen(
-            command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
-        )
+        with open(self.log_path, "w") as log:  # the child keeps its own copy of the handle
+            self.process = subprocess.Popen(
+                command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+            )
         print(f"started a vLLM server for {self.model} at {self.base_url} (log {self.log_path})")
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
