@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 from imagination.prompts import chat, render
@@ -29,7 +30,7 @@ def question_items(
         for qtype in types.values():
             prompt = render(template, qtype)
             for sample in range(per_type):
-                seeded = Sampling(**{**sampling.__dict__, "seed": sampling.seed + sample})
+                seeded = replace(sampling, seed=sampling.seed + sample)
                 key = record_key(
                     stage="questions", image=image_hash, type=qtype.name, prompt=prompt,
                     model=model_id, sampling=seeded.__dict__,
