@@ -1,6 +1,7 @@
 """`macaroon eval`: PIE -> answers -> rubric verdicts -> metrics and reports."""
 
 import csv
+import functools
 import json
 import os
 import subprocess
@@ -34,6 +35,7 @@ def scripted(body: dict) -> str:
     return "garbage"
 
 
+@functools.cache
 def _rubric_of(name):
     from pipeline.criteria import load_criteria
 

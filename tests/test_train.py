@@ -10,7 +10,7 @@ from train_data import PREFERRED, REJECTED, save_templated, templated_rows
 from pipeline.cli import main
 from pipeline.formats import to_dataset_dict
 from trainers.collator import CRLCollator
-from trainers.data import DataError, mix
+from trainers.data import mix
 
 FAST = ["--max_steps", "2", "--per_device_train_batch_size", "2", "--gradient_accumulation_steps",
         "1", "--gradient_checkpointing", "false", "--warmup_steps", "0", "--save_strategy", "no",
@@ -190,7 +190,3 @@ def test_bad_inputs_fail_before_training(tiny_model, tmp_path, capsys):
 
     assert train("crl", model, tmp_path / "missing", tmp_path / "o5") == 2
     assert "not a saved DatasetDict" in capsys.readouterr().err
-
-
-def test_data_error_is_a_value_error():
-    assert issubclass(DataError, ValueError)
