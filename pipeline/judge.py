@@ -47,14 +47,39 @@ def judge_item(
     judge_model: str,
     sampling: Sampling,
     fields: dict | None = None,
+    structured: bool = False,
 ) -> Item:
+    """One judge request. `structured`: constrain the reply to `verdict_format(qtype)`; only
+    for backends that send it (openai), since the format is part of the key."""
     prompt = render_judge(template, qtype, question, response)
+    response_format = verdict_format(qtype) if structured else None
+    # The format changes what the judge may say, so it is keyed; left out when unset so the
+    # keys of unstructured judgments stay what they were.
+    constraint = {"response_format": response_format} if response_format else {}
     key = record_key(
         stage="judge", judge=judge_model, rubric=qtype.content_hash, image=file_hash(image),
         question=question, response=response, prompt=prompt, sampling=sampling.__dict__,
+        **constraint,
     )  # fmt: skip
     messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
-    return Item(key, Request(messages, (Path(image),), sampling), dict(fields or {}))
+    request = Request(messages, (Path(image),), sampling, response_format=response_format)
+    return Item(key, request, dict(fields or {}))
+
+
+def verdict_format(qtype: QuestionType) -> dict:
+    """An OpenAI `response_format` (JSON schema) whose verdict can only be one of `qtype`'s
+    labels: True/False for tiers I and III, True/False/Ambiguous for tier II."""
+    schema = {
+        "type": "object",
+        "properties": {"verdict": {"type": "string", "enum": list(qtype.labels)},
+                       "explanation": {"type": "string"}},
+        "required": ["verdict", "explanation"],
+        "additionalProperties": False,
+    }  # fmt: skip
+    return {
+        "type": "json_schema",
+        "json_schema": {"name": "verdict", "strict": True, "schema": schema},
+    }
 
 
 def parse_verdict(text: str | None, labels: list[str] | tuple[str, ...]) -> str | None:

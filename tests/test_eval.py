@@ -79,9 +79,18 @@ def test_metrics_from_known_verdicts(stub, tmp_path):
     table = (tmp_path / "table.md").read_text()
     assert "| model-under-test | 1.00 | 0.00 | 0.00 (amb. 1.00) |" in table
     assert "It corrects the premise." in (tmp_path / "browse.html").read_text()
-    # The judge was asked for a JSON-schema verdict with the three labels.
-    body = next(b for b in stub.requests if "response_format" in b)
-    assert body["response_format"]["json_schema"]["schema"]["properties"]["verdict"]["enum"]
+    # Each judge request offered its own type's labels: Ambiguous for tier II only.
+    offered = {}
+    for body in stub.requests:
+        text = last_user_text(body)
+        if "Answer with JSON only" in text:
+            name = next(n for n in PIE_TYPES if _rubric_of(n) in text)
+            enum = body["response_format"]["json_schema"]["schema"]["properties"]["verdict"]
+            offered.setdefault(name, set()).add(tuple(enum["enum"]))
+    assert offered["False Premise"] == {("True", "False")}
+    assert offered["Hidden Human Preferences"] == {("True", "False")}
+    assert offered["Subject Ambiguity"] == {("True", "Ambiguous", "False")}
+    assert len(offered) == len(PIE_TYPES)
 
 
 def test_rerun_makes_zero_calls_and_the_key_never_lands_on_disk(stub, tmp_path, capsys):

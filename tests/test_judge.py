@@ -7,7 +7,7 @@ from openai_stub import last_user_text, stub_server
 from imagination.imagine import ImagineConfig, run_imagine
 from pipeline.backends import Sampling
 from pipeline.criteria import load_criteria
-from pipeline.judge import judge_item, load_judge_template, parse_verdict
+from pipeline.judge import judge_item, load_judge_template, parse_verdict, verdict_format
 
 LABELS = ("True", "False", "Ambiguous")
 
@@ -54,6 +54,32 @@ def test_judge_prompt_carries_rubric_labels_question_and_response():
     assert item.key != other.key
 
 
+def offered_labels(request_or_body) -> list[str]:
+    """The verdict labels a structured judge request allows."""
+    fmt = request_or_body["response_format"]
+    return fmt["json_schema"]["schema"]["properties"]["verdict"]["enum"]
+
+
+def test_structured_judge_offers_only_the_types_labels_and_keys_the_format():
+    types = load_criteria(CRITERIA)
+    template = load_judge_template(CRITERIA.parent / "prompts")
+    image = SAMPLES / "images" / "sample_001.jpg"
+
+    def item(name, structured):
+        return judge_item(template, types[name], image, "Why?", "Because.", "judge", Sampling(),
+                          structured=structured)  # fmt: skip
+
+    premise = item("False Premise", True).request.response_format
+    assert offered_labels({"response_format": premise}) == ["True", "False"]
+    ambiguity = item("Subject Ambiguity", True).request.response_format
+    assert sorted(offered_labels({"response_format": ambiguity})) == ["Ambiguous", "False", "True"]
+    preferences = verdict_format(types["Hidden Human Preferences"])  # tier III
+    assert offered_labels({"response_format": preferences}) == ["True", "False"]
+    assert item("False Premise", False).request.response_format is None
+    # A verdict asked for under a schema is another output: it must not reuse a cached one.
+    assert item("False Premise", True).key != item("False Premise", False).key
+
+
 def scripted(body: dict) -> str:
     """An imagining-and-judging model that follows the prompts it is sent."""
     text = last_user_text(body)
@@ -83,6 +109,12 @@ def test_judge_filter_keeps_pairs_the_rubric_separates(tmp_path):
         calls = server.calls
         again = run_imagine(cfg)
         assert server.calls == calls and again["model_calls"] == 0  # judgments are cached
+    # Each judge request offered its own type's labels, and only them.
+    for body in server.requests:
+        text = last_user_text(body)
+        if "Answer with JSON only" in text:
+            qtype = next(t for t in load_criteria(CRITERIA).values() if t.rubric in text)
+            assert offered_labels(body) == list(qtype.labels), qtype.name
     judged = summary["stages"][-1]
     assert judged["name"] == "judge" and judged["generated"] == 2 * 72
     assert summary["dropped"]["judge_rejected"] == 12  # Unanswerable Questions
