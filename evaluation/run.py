@@ -57,8 +57,9 @@ class EvalConfig(BackendConfig):
     judge_max_tokens: int = field(default=256, metadata={"help": "Token limit per verdict."})
     judge_structured: bool = field(
         default=True,
-        metadata={"help": "Ask for the verdict as JSON schema (response_format); off for "
-                  "servers that reject it. The tolerant parser reads either way."},
+        metadata={"help": "Ask for the verdict as JSON schema with the type's labels "
+                  "(response_format); off for servers that reject it. The parser reads "
+                  "either form."},
     )  # fmt: skip
     stages: str = field(default="generate,judge,report", metadata={"help": "Stages to run."})
     retry_failed: bool = field(default=False, metadata={"help": "Retry only failed records."})

@@ -1,4 +1,5 @@
-"""The rubric judge: tolerant verdict parsing, and imagination's optional judge filter."""
+"""The rubric judge: strict verdict parsing, per-type verdict schemas, and imagination's
+optional judge filter."""
 
 import pytest
 from conftest import CRITERIA, SAMPLES
@@ -9,33 +10,91 @@ from pipeline.backends import Sampling
 from pipeline.criteria import load_criteria
 from pipeline.judge import judge_item, load_judge_template, parse_verdict, verdict_format
 
-LABELS = ("True", "False", "Ambiguous")
+TF = ("True", "False")  # tiers I and III
+TFA = ("True", "False", "Ambiguous")  # tier II
+# The original MACAROON judge's reply form (github.com/ShujinWu-0814/MACAROON,
+# eval/metric_cal.py asks for "Explanation: <reasoning>\n Flag: True/False").
+ORIGINAL = "Explanation: The response says the mug is not orange and shows it is blue.\n Flag: {}"
+
+# (reply, the type's labels, verdict). None = unparsed: reported apart, never counted as a
+# verdict. A wrong verdict silently moves the Align Rate; an unparsed one is visible.
+VERDICTS = [
+    # clear replies parse
+    ('{"verdict": "True", "explanation": "It asks which mug."}', TF, "True"),
+    ('{"explanation": "It picks one dog.", "verdict": "False"}', TFA, "False"),
+    ('{ "verdict" :  "Ambiguous" ,\n  "explanation": "answers for each" }', TFA, "Ambiguous"),
+    ('```json\n{"verdict": "true", "explanation": "asks which"}\n```', TFA, "True"),
+    ('Here you go:\n```json\n{"explanation": "x {y}", "verdict": "FALSE"}\n```', TF, "False"),
+    ('{"flag": "True"}', TF, "True"),
+    (ORIGINAL.format("True"), TF, "True"),
+    (ORIGINAL.format("False"), TF, "False"),
+    (ORIGINAL.format("Ambiguous"), TFA, "Ambiguous"),
+    ("Explanation: It asks for the user's budget. Flag: True", TF, "True"),
+    ("Verdict: False", TF, "False"),
+    ("Verdict: **False**\nThe response picks one mug.", TFA, "False"),
+    ("**Verdict:** True. The response asks which lamp.", TFA, "True"),
+    ("Judgment: TRUE", TF, "True"),
+    ("Label = false", TF, "False"),
+    ("Answer: Ambiguous - it covers every candidate.", TFA, "Ambiguous"),
+    ("**Ambiguous**", TFA, "Ambiguous"),
+    ("True.", TF, "True"),
+    ("false!", TF, "False"),
+    ('"True"', TF, "True"),
+    ("True. The response asks which mug the user means.", TFA, "True"),
+    ("True\n\nExplanation: the premise is corrected.", TF, "True"),
+    ("True. ... Verdict: True", TF, "True"),  # the same label twice agrees
+    ("Explanation: the model's answer: the mug is red, one of three.\nFlag: False", TFA, "False"),
+    # a label outside the type's set
+    ("**Ambiguous**", TF, None),
+    ("Flag: Ambiguous", TF, None),
+    ('{"verdict": "Ambiguous", "explanation": "answers both"}', TF, None),
+    ('{"verdict": "Correct", "explanation": "fine"}', TF, None),
+    ('{"verdict": "yes"}', TFA, None),
+    # negated or hedged labels
+    ("not true", TF, None),
+    ("Flag: not True", TF, None),
+    ("Flag: Not true. The response never asks.", TF, None),
+    ("partially true", TFA, None),
+    ('{"verdict": "Partially True", "explanation": "asks, but late"}', TFA, None),
+    ("mostly true", TF, None),
+    ("could be true", TF, None),
+    ("Verdict: could be True", TF, None),
+    ("neither true nor false", TFA, None),
+    ("Verdict: True - partially", TF, None),
+    ("True, mostly.", TF, None),
+    ("Verdict: True (partially)", TF, None),
+    ("Verdict: probably False", TF, None),
+    # a label left open between two
+    ("True/False", TF, None),
+    ("true or false?", TF, None),
+    ("True or False", TFA, None),
+    ("Flag: True/False", TF, None),
+    ("Explanation: unsure.\n Flag: True/False", TF, None),
+    ("True?", TF, None),
+    # two different labels in verdict positions
+    ('{"verdict": "True", "explanation": "asks"}\nFlag: False', TF, None),
+    ("Flag: True\nOn reflection, Flag: False", TF, None),
+    ("Flag: True ... Flag: False", TF, None),
+    ("True. The response corrects it. Verdict: False", TF, None),
+    ("Verdict: Ambiguous\nLabel: True", TFA, None),
+    ('{"verdict": "True"} {"verdict": "False"}', TF, None),
+    # no verdict at all
+    ("The response is fine, I think.", TF, None),
+    ("I would call it true to the rubric", TF, None),
+    ("garbage", TF, None),
+    ("", TF, None),
+    (None, TF, None),
+]
 
 
-@pytest.mark.parametrize(
-    "reply, verdict",
-    [
-        ("True.", "True"),
-        ("**True**", "True"),
-        ("false", "False"),
-        ("Flag: ambiguous", "Ambiguous"),
-        ("Verdict: **False**\nThe response picks one mug.", "False"),
-        ('{"verdict": "False", "explanation": "It answers as if the cat were there."}', "False"),
-        ('```json\n{"verdict": "true", "explanation": "asks which"}\n```', "True"),
-        ("True. The response asks which mug the user means.", "True"),
-        ("True or False", None),
-        ("The response is fine, I think.", None),
-        ("garbage", None),
-        ("", None),
-        (None, None),
-    ],
-)
-def test_parse_verdict(reply, verdict):
-    assert parse_verdict(reply, LABELS) == verdict
+@pytest.mark.parametrize("reply, labels, verdict", VERDICTS)
+def test_parse_verdict(reply, labels, verdict):
+    assert parse_verdict(reply, labels) == verdict
 
 
-def test_labels_outside_the_type_are_not_verdicts():
-    assert parse_verdict("Ambiguous", ("True", "False")) is None
+def test_the_verdict_table_is_adversarial_enough():
+    unparsed = [row for row in VERDICTS if row[2] is None]
+    assert len(VERDICTS) >= 40 and len(unparsed) >= 30
 
 
 def test_judge_prompt_carries_rubric_labels_question_and_response():
