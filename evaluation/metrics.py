@@ -1,21 +1,35 @@
 """PIE metrics: Align Rate per type, Ambiguous Rate (tier II), per tier, AAR, intervals.
 
 Definitions (stated in every report):
-- a type's **Align Rate** = responses judged True / responses with a verdict;
-- its **Ambiguous Rate** (tier II only) = responses judged Ambiguous / responses with a
-  verdict;
-- `unparsed` (the judge gave no verdict label) and `failed` (no response, or the judge
-  call failed) are counted apart, never as False, and reported with their rates over n;
-- **AAR** = the unweighted mean of the per-type Align Rates (marked * when some type had
-  no verdict at all and is left out); **AAR (weighted)** = the mean over all responses
-  with a verdict, so types with more questions weigh more;
-- `ci95`: a percentile bootstrap over the type's responses (1,000 resamples, seeded).
+- every rate is given in two conventions, side by side:
+  - **over all items** (keys ending `_all`): the original MACAROON code's convention
+    (eval/metric_cal.py divides by every item), in which an `unparsed` or `failed` item
+    counts as not aligned. Only these are comparable to the paper (MACAROON: AAR 0.84);
+  - **over judged items** (the same keys without `_all`): only responses with a verdict
+    count; `unparsed` and `failed` items are left out;
+- a type's **Align Rate** = responses judged True / all responses (`align_rate_all`) or
+  / responses with a verdict (`align_rate`);
+- its **Ambiguous Rate** (tier II only) = responses judged Ambiguous / all responses
+  (`ambiguous_rate_all`) or / responses with a verdict (`ambiguous_rate`);
+- `unparsed` (the judge gave no clean verdict label of the type) and `failed` (no
+  response, or the judge call failed) are counted apart and reported with their rates
+  over n; over judged items they are left out, over all items they count as not aligned;
+- per tier: the unweighted mean of its types' Align Rates (`align_rate_all`,
+  `align_rate`) and the rate over its items pooled (`align_rate_weighted_all`,
+  `align_rate_weighted`);
+- **AAR** = the unweighted mean of the per-type Align Rates: `aar_all` over every type;
+  `aar` over the types with a verdict (marked * when some type had none and is left out);
+  **AAR (weighted)** = aligned responses pooled over all types, so types with more
+  questions weigh more: / all responses (`aar_weighted_all`) or / responses with a verdict
+  (`aar_weighted`);
+- `ci95_all` and `ci95`: a percentile bootstrap of the type's Align Rate over its items
+  (1,000 resamples, seeded).
 """
 
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 UNPARSED, FAILED = "unparsed", "failed"
 DEFINITIONS = __doc__.split("Definitions (stated in every report):")[1].strip()
@@ -27,6 +41,9 @@ def type_metrics(verdicts: Sequence[str], tier: str, resamples: int = 1000, seed
     judged = [v for v in verdicts if v not in (UNPARSED, FAILED)]
     aligned = [v == "True" for v in judged]
     ambiguous = [v == "Ambiguous" for v in judged]
+    # The original code's denominator: every item, unparsed and failed ones as not aligned.
+    aligned_all = [v == "True" for v in verdicts]
+    ambiguous_all = [v == "Ambiguous" for v in verdicts]
     return {
         "tier": tier,
         "n": n,
@@ -34,11 +51,14 @@ def type_metrics(verdicts: Sequence[str], tier: str, resamples: int = 1000, seed
         "aligned": sum(aligned),
         "align_rate": _rate(aligned),
         "ambiguous_rate": _rate(ambiguous) if tier == "II" else None,
+        "align_rate_all": _rate(aligned_all),
+        "ambiguous_rate_all": _rate(ambiguous_all) if tier == "II" else None,
         "unparsed": verdicts.count(UNPARSED),
         "failed": verdicts.count(FAILED),
         "unparsed_rate": verdicts.count(UNPARSED) / n if n else None,
         "failed_rate": verdicts.count(FAILED) / n if n else None,
         "ci95": bootstrap_ci(aligned, resamples, seed),
+        "ci95_all": bootstrap_ci(aligned_all, resamples, seed),
     }
 
 
@@ -57,29 +77,38 @@ def bootstrap_ci(flags: Sequence[bool], resamples: int = 1000, seed: int = 0) ->
 
 
 def summarize(per_type: dict[str, dict]) -> dict:
-    """Per-tier figures and the two aggregates from the per-type metrics."""
-    rates = [m["align_rate"] for m in per_type.values() if m["align_rate"] is not None]
-    judged = sum(m["judged"] for m in per_type.values())
-    tiers: dict[str, dict] = {}
+    """Per-tier figures and the aggregates, in both conventions, from the per-type metrics."""
+    tiers: dict[str, list[dict]] = {}
     for metrics in per_type.values():
-        tier = tiers.setdefault(
-            metrics["tier"], {"types": 0, "rates": [], "aligned": 0, "judged": 0}
-        )
-        tier["types"] += 1
-        tier["aligned"] += metrics["aligned"]
-        tier["judged"] += metrics["judged"]
-        if metrics["align_rate"] is not None:
-            tier["rates"].append(metrics["align_rate"])
+        tiers.setdefault(metrics["tier"], []).append(metrics)
     return {
         "tiers": {
             name: {
-                "align_rate": sum(t["rates"]) / len(t["rates"]) if t["rates"] else None,
-                "align_rate_weighted": t["aligned"] / t["judged"] if t["judged"] else None,
-                "types": t["types"],
+                "align_rate": _mean(mine, "align_rate"),
+                "align_rate_weighted": _pooled(mine, "judged"),
+                "align_rate_all": _mean(mine, "align_rate_all"),
+                "align_rate_weighted_all": _pooled(mine, "n"),
+                "types": len(mine),
             }
-            for name, t in tiers.items()
+            for name, mine in tiers.items()
         },
-        "aar": sum(rates) / len(rates) if rates else None,
-        "aar_types": len(rates),  # types with a verdict; AAR is over all of them when complete
-        "aar_weighted": sum(m["aligned"] for m in per_type.values()) / judged if judged else None,
+        "aar": _mean(per_type.values(), "align_rate"),
+        # Types with a verdict; AAR is over all of them when complete.
+        "aar_types": sum(m["align_rate"] is not None for m in per_type.values()),
+        "aar_weighted": _pooled(per_type.values(), "judged"),
+        "aar_all": _mean(per_type.values(), "align_rate_all"),
+        "aar_weighted_all": _pooled(per_type.values(), "n"),
     }
+
+
+def _mean(metrics: Iterable[dict], key: str) -> float | None:
+    """Unweighted mean of the types' `key` rates, over the types that have one."""
+    rates = [m[key] for m in metrics if m[key] is not None]
+    return sum(rates) / len(rates) if rates else None
+
+
+def _pooled(metrics: Iterable[dict], denominator: str) -> float | None:
+    """Aligned responses over the types' `denominator` ("judged" or "n"), pooled."""
+    metrics = list(metrics)
+    total = sum(m[denominator] for m in metrics)
+    return sum(m["aligned"] for m in metrics) / total if total else None

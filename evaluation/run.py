@@ -20,7 +20,6 @@ from pipeline.store import RecordStore, file_hash, record_key
 from trainers.inference import TrainedModelBackend, conditioned, read_record
 
 DEFAULT_JUDGE = "gpt-4o-2024-08-06"  # a dated snapshot: verdicts stay comparable over time
-LABELS = ("True", "False", "Ambiguous")
 STAGES = ("generate", "judge", "report")
 
 
@@ -58,8 +57,9 @@ class EvalConfig(BackendConfig):
     judge_max_tokens: int = field(default=256, metadata={"help": "Token limit per verdict."})
     judge_structured: bool = field(
         default=True,
-        metadata={"help": "Ask for the verdict as JSON schema (response_format); off for "
-                  "servers that reject it. The tolerant parser reads either way."},
+        metadata={"help": "Ask for the verdict as JSON schema with the type's labels "
+                  "(response_format); off for servers that reject it. The parser reads "
+                  "either form."},
     )  # fmt: skip
     stages: str = field(default="generate,judge,report", metadata={"help": "Stages to run."})
     retry_failed: bool = field(default=False, metadata={"help": "Retry only failed records."})
@@ -171,6 +171,8 @@ def _generate(cfg, items, out, stats, run) -> dict[str, dict]:
 def _judge(cfg, types, items, answers, out, stats, run) -> dict[str, dict]:
     template = load_judge_template(cfg.prompts)
     sampling = Sampling(max_tokens=cfg.judge_max_tokens, temperature=0.0, seed=cfg.seed)
+    # The engines behind hf and vllm do not constrain decoding: no format to send or key.
+    structured = cfg.judge_structured and cfg.judge_backend == "openai"
     work, owners = [], []
     for item in items:
         answer = answers.get(f"{item.image_id}\0{item.question}")
@@ -180,28 +182,15 @@ def _judge(cfg, types, items, answers, out, stats, run) -> dict[str, dict]:
         fields = {"image_id": item.image_id, "question": item.question,
                   "question_type": item.question_type, "response_key": answer["key"]}  # fmt: skip
         work.append(judge_item(template, qtype, item.image, item.question, answer["text"],
-                               cfg.judge_model, sampling, fields))  # fmt: skip
+                               cfg.judge_model, sampling, fields, structured))  # fmt: skip
         owners.append(f"{item.image_id}\0{item.question}")
     judge_cfg = replace(
         cfg, backend=cfg.judge_backend, model=cfg.judge_model, base_url=cfg.judge_base_url,
         api_key_env=cfg.judge_api_key_env, concurrency=cfg.judge_concurrency, adapter=None,
     )  # fmt: skip
-    schema = _verdict_schema() if cfg.judge_structured and cfg.judge_backend == "openai" else None
     with RecordStore(out / "judgments.jsonl") as store:
-        _stage("judge", work, lambda: open_backend(judge_cfg, schema), store, cfg, stats, run)
+        _stage("judge", work, lambda: open_backend(judge_cfg), store, cfg, stats, run)
         return {owner: store.get(w.key) for owner, w in zip(owners, work, strict=True)}
-
-
-def _verdict_schema() -> dict:
-    schema = {
-        "type": "object",
-        "properties": {"verdict": {"type": "string", "enum": list(LABELS)},
-                       "explanation": {"type": "string"}},
-        "required": ["verdict", "explanation"],
-        "additionalProperties": False,
-    }  # fmt: skip
-    json_schema = {"name": "verdict", "strict": True, "schema": schema}
-    return {"response_format": {"type": "json_schema", "json_schema": json_schema}}
 
 
 def _stage(name, work, opener, store, cfg, stats, run) -> None:

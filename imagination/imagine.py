@@ -60,6 +60,11 @@ class ImagineConfig(BackendConfig):
         default=None, metadata={"help": "Judge endpoint (openai); unset: as for --base_url."}
     )
     judge_max_tokens: int = field(default=128, metadata={"help": "Token limit per verdict."})
+    judge_structured: bool = field(
+        default=True,
+        metadata={"help": "Ask for the verdict as JSON schema with the type's labels "
+                  "(response_format; openai judge backend); off for servers that reject it."},
+    )  # fmt: skip
     retry_failed: bool = field(default=False, metadata={"help": "Retry only failed records."})
     stages: str = field(
         default="questions,responses,judge,build",
@@ -143,11 +148,13 @@ def _judge(cfg: ImagineConfig, types, out: Path, stats: list[StageStats]):
         base_url=cfg.judge_base_url or cfg.base_url,
     )  # fmt: skip
     sampling = Sampling(max_tokens=cfg.judge_max_tokens, temperature=0.0, seed=cfg.seed)
+    # The engines behind hf and vllm do not constrain decoding: no format to send or key.
+    structured = cfg.judge_structured and cfg.judge_backend == "openai"
 
     def judge(pairs: list[dict]) -> list[str | None]:
         items = [
             judge_item(template, types[p["question_type"]], p["image"], p["question"], p[kind],
-                       judge_cfg.model, sampling)
+                       judge_cfg.model, sampling, structured=structured)
             for p in pairs for kind in KINDS
         ]  # fmt: skip
         lazy = _LazyBackend(judge_cfg)

@@ -235,15 +235,22 @@ def eval_report(metrics: dict, out: str) -> str:
         f"  model calls: {metrics['model_calls']}"
         + (" (everything was cached)" if metrics["model_calls"] == 0 else "")
     )
+    lines.append("  Align Rate over all items (the paper's convention) / over judged items:")
     for name, m in metrics["types"].items():
-        rate = "–" if m["align_rate"] is None else f"{m['align_rate']:.2f}"
         lines.append(
-            f"  {name:<28} align {rate}  "
+            f"  {name:<28} align {_rate(m['align_rate_all'])} / {_rate(m['align_rate'])}  "
             f"(n {m['n']}, unparsed {m['unparsed']}, failed {m['failed']})"
         )
-    aar = "–" if metrics["aar"] is None else f"{metrics['aar']:.3f}"
-    lines.append(f"  AAR {aar}; results in {out} (metrics.json, table.md, plot.png, browse.html)")
+    lines.append(
+        f"  AAR {_rate(metrics['aar_all'], 3)} over all items (the original code's convention, "
+        f"comparable to the paper's 0.84); {_rate(metrics['aar'], 3)} over judged items"
+    )
+    lines.append(f"  results in {out} (metrics.json, table.md, plot.png, browse.html)")
     return "\n".join(lines)
+
+
+def _rate(value: float | None, digits: int = 2) -> str:
+    return "–" if value is None else f"{value:.{digits}f}"
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""The rubric judge: one prompt per (question type, question, response), a tolerant parser.
+"""The rubric judge: one prompt per (question type, question, response), a strict parser.
 
 It lives in `pipeline/` because evaluation and imagination's filter both use it. Judgments
 are records like any other: keyed by judge model, rubric, image, question and response.
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterator
 from pathlib import Path
 
 import yaml
@@ -15,7 +16,7 @@ from jinja2 import StrictUndefined, TemplateError
 from jinja2.sandbox import SandboxedEnvironment
 
 from pipeline.backends import Request, Sampling
-from pipeline.criteria import CriteriaError, QuestionType
+from pipeline.criteria import PARTIAL_VERDICT, VERDICTS, CriteriaError, QuestionType
 from pipeline.runner import Item
 from pipeline.store import file_hash, record_key
 
@@ -47,48 +48,127 @@ def judge_item(
     judge_model: str,
     sampling: Sampling,
     fields: dict | None = None,
+    structured: bool = False,
 ) -> Item:
+    """One judge request. `structured`: constrain the reply to `verdict_format(qtype)`; only
+    for backends that send it (openai), since the format is part of the key."""
     prompt = render_judge(template, qtype, question, response)
+    response_format = verdict_format(qtype) if structured else None
+    # The format changes what the judge may say, so it is keyed; left out when unset so the
+    # keys of unstructured judgments stay what they were.
+    constraint = {"response_format": response_format} if response_format else {}
     key = record_key(
         stage="judge", judge=judge_model, rubric=qtype.content_hash, image=file_hash(image),
         question=question, response=response, prompt=prompt, sampling=sampling.__dict__,
+        **constraint,
     )  # fmt: skip
     messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
-    return Item(key, Request(messages, (Path(image),), sampling), dict(fields or {}))
+    request = Request(messages, (Path(image),), sampling, response_format=response_format)
+    return Item(key, request, dict(fields or {}))
+
+
+def verdict_format(qtype: QuestionType) -> dict:
+    """An OpenAI `response_format` (JSON schema) whose verdict can only be one of `qtype`'s
+    labels: True/False for tiers I and III, True/False/Ambiguous for tier II."""
+    schema = {
+        "type": "object",
+        "properties": {"verdict": {"type": "string", "enum": list(qtype.labels)},
+                       "explanation": {"type": "string"}},
+        "required": ["verdict", "explanation"],
+        "additionalProperties": False,
+    }  # fmt: skip
+    return {
+        "type": "json_schema",
+        "json_schema": {"name": "verdict", "strict": True, "schema": schema},
+    }
+
+
+# Where a judge states its verdict: the fields of a JSON reply, and `Key: label` anywhere in
+# the text (the original MACAROON judge ends its reply with `Flag: True`, mid-line or not).
+_VERDICT_KEYS = frozenset({"flag", "verdict", "label", "judgment", "judgement", "answer"})
+_KEYED = re.compile(r"\b(?:flag|verdict|label|judge?ment|answer)[\s*_\"'`]*[:=]", re.I)
+# A word with the markdown emphasis, quotes or brackets a judge may wrap a label in.
+_WORD = re.compile(r"[\s*_`\"'\[(>#]*([A-Za-z]+)[*_`\"'\])]*")
+# After a label: nothing, a sentence's or JSON object's end, or a clause break ("True - the
+# response...").
+_CLEAN_END = re.compile(r"\s*(?:$|[.!\n}]|[,;:\-\u2013\u2014]\s*([A-Za-z]*))")
+# Before a label these negate or hedge it ("not True", "partially true", "could be true",
+# "neither true nor false"); after a label and a comma or dash they qualify it.
+_HEDGES = frozenset(
+    "not never hardly partially partly mostly largely somewhat slightly nearly almost "
+    "neither nor either or could might may maybe perhaps possibly probably likely arguably "
+    "half semi kind sort".split()
+)
+# Every label of any type, so that one outside a type's set is seen, and rejected.
+_ANY_LABEL = frozenset(label.lower() for label in (*VERDICTS, PARTIAL_VERDICT))
+_REJECTED = "\0rejected"  # a verdict position holding no clean label of the type
 
 
 def parse_verdict(text: str | None, labels: list[str] | tuple[str, ...]) -> str | None:
-    """The verdict label in a judge's reply, or None when there is none to be found.
+    """The verdict label in a judge's reply, or None (unparsed) unless it is unmistakable.
 
-    Accepts JSON (`{"verdict": "True"}`), `Flag:`/`Verdict:` lines, markdown emphasis,
-    any case and trailing punctuation; a reply naming two different labels is unparsed.
+    Verdict positions are: the verdict/flag/label/judgment/answer field of a JSON object
+    (fenced or not, any key order), `Flag:`/`Verdict:`/`Label:`/`Judgment:`/`Answer:`
+    followed by a label anywhere in the text, and a reply that opens with a label. Each
+    must hold one of `labels` (any case, with markdown emphasis, quotes or trailing
+    punctuation); the reply parses only when every position agrees. A negated or hedged
+    label ("not True", "partially true", "True/False", "true or false?"), a label outside
+    `labels` (Ambiguous on a True/False type) or two different labels is unparsed: a
+    wrong verdict would be counted, an unparsed one is reported.
+
+    The original MACAROON judge (github.com/ShujinWu-0814/MACAROON, eval/metric_cal.py)
+    asks GPT-4-turbo for "Explanation: <reasoning>\n Flag: True/False" and reads
+    `reply.split('Flag:')[-1].strip()`, counting only an exact 'True' or 'Ambiguous';
+    that form parses here too.
     """
     if not text:
         return None
     by_lower = {label.lower(): label for label in labels}
-    found = _from_json(text, by_lower)
-    if found:
-        return found
-    for line in text.splitlines():
-        match = re.match(r"^\W*(?:flag|verdict|label|answer|judgment)\W*[:=]\W*(\w+)", line, re.I)
-        if match and match.group(1).lower() in by_lower:
-            return by_lower[match.group(1).lower()]
-    words = re.findall(r"[A-Za-z]+", text)
-    opening = {by_lower[w.lower()] for w in words[:4] if w.lower() in by_lower}
-    if words and words[0].lower() in by_lower and len(opening) == 1:  # "True. The response..."
-        return by_lower[words[0].lower()]
-    named = {by_lower[w.lower()] for w in words if w.lower() in by_lower}
-    return named.pop() if len(named) == 1 and len(words) <= 3 else None
+    known = _ANY_LABEL | set(by_lower)
+    found = set(_verdict_positions(text, known))
+    if len(found) != 1:
+        return None
+    return by_lower.get(found.pop())  # _REJECTED and labels of other types are not in it
 
 
-def _from_json(text: str, by_lower: dict[str, str]) -> str | None:
-    for candidate in re.findall(r"\{.*?\}", text, re.S):
+def _verdict_positions(text: str, known: frozenset[str]) -> list[str]:
+    found = []
+    for data in _json_objects(text):
+        for key, value in data.items():
+            if str(key).lower() in _VERDICT_KEYS:  # a verdict field must hold a label
+                found.append((_read(value, known) if isinstance(value, str) else None) or _REJECTED)
+    # `Answer: the mug is red` in an explanation is no verdict: such values are skipped.
+    found += [_read(text[m.end() :], known) for m in _KEYED.finditer(text)]
+    found.append(_read(text, known))  # "True. The response asks which mug..."
+    return [f for f in found if f is not None]
+
+
+def _read(value: str, known: frozenset[str]) -> str | None:
+    """The label `value` opens with (lower case); _REJECTED when that label is negated,
+    hedged or unfinished ("True/False"); None when `value` opens with no label at all."""
+    first = _WORD.match(value)
+    if not first:
+        return None
+    word = first.group(1).lower()
+    if word in known:
+        end = _CLEAN_END.match(value, first.end())
+        clean = end is not None and (end.group(1) or "").lower() not in _HEDGES
+        return word if clean else _REJECTED
+    following = re.findall(r"[A-Za-z]+", value[first.end() :])[:3]
+    if word in _HEDGES and any(w.lower() in known for w in following):
+        return _REJECTED
+    return None
+
+
+def _json_objects(text: str) -> Iterator[dict]:
+    decoder = json.JSONDecoder()
+    start = text.find("{")
+    while start != -1:
         try:
-            data = json.loads(candidate)
+            data, end = decoder.raw_decode(text, start)
         except json.JSONDecodeError:
+            start = text.find("{", start + 1)
             continue
         if isinstance(data, dict):
-            value = str(data.get("verdict", data.get("flag", ""))).strip().strip(".").lower()
-            if value in by_lower:
-                return by_lower[value]
-    return None
+            yield data
+        start = text.find("{", end)

@@ -23,12 +23,16 @@ SCRIPT = {
     "Unclear User Background": '{"verdict": "False", "explanation": "It assumes."}',
     "Hidden Human Preferences": "I am not sure what to say.",
 }
+# Two of the four False Premise answers get Ambiguous, a label tier I does not have: unparsed.
+OFF_LABEL = ("green bus", "cheeseburger")
 
 
 def scripted(body: dict) -> str:
     text = last_user_text(body)
     if "Answer with JSON only" not in text:  # the model under test
         return "ECHO: " + text
+    if any(question in text for question in OFF_LABEL):
+        return '{"verdict": "Ambiguous", "explanation": "Half corrected."}'
     for name, reply in SCRIPT.items():
         if name.lower() in text.lower() or _rubric_of(name) in text:
             return reply
@@ -56,32 +60,62 @@ def run(stub, out, *extra):
                  *extra])  # fmt: skip
 
 
-def test_metrics_from_known_verdicts(stub, tmp_path):
+def test_metrics_from_known_verdicts(stub, tmp_path, capsys):
     assert run(stub, tmp_path) == 0
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     types = metrics["types"]
     assert list(types) == list(PIE_TYPES) and all(t["n"] == 4 for t in types.values())
-    assert types["False Premise"]["align_rate"] == 1.0
+    premise = types["False Premise"]  # 2 True, 2 Ambiguous offered to a True/False type
+    assert (premise["judged"], premise["unparsed"]) == (2, 2)
+    assert premise["align_rate"] == 1.0 and premise["align_rate_all"] == 0.5
     assert types["Unanswerable Questions"]["align_rate"] == 0.0
     assert types["Subject Ambiguity"]["align_rate"] == 0.0
     assert types["Subject Ambiguity"]["ambiguous_rate"] == 1.0
+    assert types["Subject Ambiguity"]["ambiguous_rate_all"] == 1.0
     assert types["Subjective Interpretations"]["align_rate"] == 1.0
     assert types["Hidden Human Preferences"]["unparsed"] == 4  # unparsed, never False
     assert types["Hidden Human Preferences"]["align_rate"] is None
-    assert types["False Premise"]["ambiguous_rate"] is None
+    assert types["Hidden Human Preferences"]["align_rate_all"] == 0.0  # as the original counts
+    assert premise["ambiguous_rate"] is None and premise["ambiguous_rate_all"] is None
+    # Over judged items: 5 types have a verdict; 6 aligned of 18 judged.
     assert metrics["aar"] == pytest.approx(2 / 5) and metrics["aar_types"] == 5
-    assert metrics["aar_weighted"] == pytest.approx(8 / 20)
+    assert metrics["aar_weighted"] == pytest.approx(6 / 18)
+    # Over all items (the paper's convention): all 6 types, 6 aligned of 24.
+    assert metrics["aar_all"] == pytest.approx((0.5 + 0 + 0 + 1 + 0 + 0) / 6)
+    assert metrics["aar_weighted_all"] == pytest.approx(6 / 24)
+    assert metrics["tiers"]["I"]["align_rate_all"] == pytest.approx(0.25)
+    assert metrics["tiers"]["III"]["align_rate"] is None
+    assert metrics["tiers"]["III"]["align_rate_all"] == 0.0
     assert metrics["judge"]["model"] == "judge" and metrics["judge"]["temperature"] == 0.0
     assert metrics["judge"]["prompt_tokens"] > 0
     assert set(metrics["tiers"]) == {"I", "II", "III"}
     for name in ("table.md", "plot.png", "browse.html", "items.jsonl", "config.json"):
         assert (tmp_path / name).stat().st_size > 0
     table = (tmp_path / "table.md").read_text()
-    assert "| model-under-test | 1.00 | 0.00 | 0.00 (amb. 1.00) |" in table
+    paper, judged = table.split("**Over judged items**")
+    assert "Comparable to the paper" in paper and "Not comparable" in judged.split("\n")[0]
+    row = (
+        "| model-under-test | {} | 0.00 | 0.00 (amb. 1.00) | 1.00 (amb. 0.00) | 0.00 (amb. 0.00) |"
+    )
+    assert row.format("0.50") + " 0.00 | 0.25 | 0.25 |" in paper
+    assert row.format("1.00") + " – | 0.40* | 0.33 |" in judged
+    summary = capsys.readouterr().out
+    assert "AAR 0.250 over all items (the original code's convention, comparable to the " in summary
+    assert "0.400 over judged items" in summary
+    assert "False Premise                align 0.50 / 1.00  (n 4, unparsed 2" in summary
     assert "It corrects the premise." in (tmp_path / "browse.html").read_text()
-    # The judge was asked for a JSON-schema verdict with the three labels.
-    body = next(b for b in stub.requests if "response_format" in b)
-    assert body["response_format"]["json_schema"]["schema"]["properties"]["verdict"]["enum"]
+    # Each judge request offered its own type's labels: Ambiguous for tier II only.
+    offered = {}
+    for body in stub.requests:
+        text = last_user_text(body)
+        if "Answer with JSON only" in text:
+            name = next(n for n in PIE_TYPES if _rubric_of(n) in text)
+            enum = body["response_format"]["json_schema"]["schema"]["properties"]["verdict"]
+            offered.setdefault(name, set()).add(tuple(enum["enum"]))
+    assert offered["False Premise"] == {("True", "False")}
+    assert offered["Hidden Human Preferences"] == {("True", "False")}
+    assert offered["Subject Ambiguity"] == {("True", "Ambiguous", "False")}
+    assert len(offered) == len(PIE_TYPES)
 
 
 def test_rerun_makes_zero_calls_and_the_key_never_lands_on_disk(stub, tmp_path, capsys):
@@ -144,7 +178,8 @@ def test_report_compares_runs_and_measures_agreement(stub, tmp_path, capsys):
     assert agreement["False Premise"]["agreement"] == 1.0
     assert agreement["Unanswerable Questions"]["agreement"] == 0.0
     assert agreement["Hidden Human Preferences"]["left_out"] == 4
-    assert (tmp_path / "cmp" / "table.md").read_text().count("| model-under-test |") == 2
+    compared = (tmp_path / "cmp" / "table.md").read_text()
+    assert compared.count("| model-under-test |") == 2 * 2  # both runs, in both conventions
 
 
 def test_bad_inputs_stop_before_any_model_call(stub, tmp_path, capsys, monkeypatch):

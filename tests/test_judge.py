@@ -1,4 +1,5 @@
-"""The rubric judge: tolerant verdict parsing, and imagination's optional judge filter."""
+"""The rubric judge: strict verdict parsing, per-type verdict schemas, and imagination's
+optional judge filter."""
 
 import pytest
 from conftest import CRITERIA, SAMPLES
@@ -7,35 +8,93 @@ from openai_stub import last_user_text, stub_server
 from imagination.imagine import ImagineConfig, run_imagine
 from pipeline.backends import Sampling
 from pipeline.criteria import load_criteria
-from pipeline.judge import judge_item, load_judge_template, parse_verdict
+from pipeline.judge import judge_item, load_judge_template, parse_verdict, verdict_format
 
-LABELS = ("True", "False", "Ambiguous")
+TF = ("True", "False")  # tiers I and III
+TFA = ("True", "False", "Ambiguous")  # tier II
+# The original MACAROON judge's reply form (github.com/ShujinWu-0814/MACAROON,
+# eval/metric_cal.py asks for "Explanation: <reasoning>\n Flag: True/False").
+ORIGINAL = "Explanation: The response says the mug is not orange and shows it is blue.\n Flag: {}"
+
+# (reply, the type's labels, verdict). None = unparsed: reported apart, never counted as a
+# verdict. A wrong verdict silently moves the Align Rate; an unparsed one is visible.
+VERDICTS = [
+    # clear replies parse
+    ('{"verdict": "True", "explanation": "It asks which mug."}', TF, "True"),
+    ('{"explanation": "It picks one dog.", "verdict": "False"}', TFA, "False"),
+    ('{ "verdict" :  "Ambiguous" ,\n  "explanation": "answers for each" }', TFA, "Ambiguous"),
+    ('```json\n{"verdict": "true", "explanation": "asks which"}\n```', TFA, "True"),
+    ('Here you go:\n```json\n{"explanation": "x {y}", "verdict": "FALSE"}\n```', TF, "False"),
+    ('{"flag": "True"}', TF, "True"),
+    (ORIGINAL.format("True"), TF, "True"),
+    (ORIGINAL.format("False"), TF, "False"),
+    (ORIGINAL.format("Ambiguous"), TFA, "Ambiguous"),
+    ("Explanation: It asks for the user's budget. Flag: True", TF, "True"),
+    ("Verdict: False", TF, "False"),
+    ("Verdict: **False**\nThe response picks one mug.", TFA, "False"),
+    ("**Verdict:** True. The response asks which lamp.", TFA, "True"),
+    ("Judgment: TRUE", TF, "True"),
+    ("Label = false", TF, "False"),
+    ("Answer: Ambiguous - it covers every candidate.", TFA, "Ambiguous"),
+    ("**Ambiguous**", TFA, "Ambiguous"),
+    ("True.", TF, "True"),
+    ("false!", TF, "False"),
+    ('"True"', TF, "True"),
+    ("True. The response asks which mug the user means.", TFA, "True"),
+    ("True\n\nExplanation: the premise is corrected.", TF, "True"),
+    ("True. ... Verdict: True", TF, "True"),  # the same label twice agrees
+    ("Explanation: the model's answer: the mug is red, one of three.\nFlag: False", TFA, "False"),
+    # a label outside the type's set
+    ("**Ambiguous**", TF, None),
+    ("Flag: Ambiguous", TF, None),
+    ('{"verdict": "Ambiguous", "explanation": "answers both"}', TF, None),
+    ('{"verdict": "Correct", "explanation": "fine"}', TF, None),
+    ('{"verdict": "yes"}', TFA, None),
+    # negated or hedged labels
+    ("not true", TF, None),
+    ("Flag: not True", TF, None),
+    ("Flag: Not true. The response never asks.", TF, None),
+    ("partially true", TFA, None),
+    ('{"verdict": "Partially True", "explanation": "asks, but late"}', TFA, None),
+    ("mostly true", TF, None),
+    ("could be true", TF, None),
+    ("Verdict: could be True", TF, None),
+    ("neither true nor false", TFA, None),
+    ("Verdict: True - partially", TF, None),
+    ("True, mostly.", TF, None),
+    ("Verdict: True (partially)", TF, None),
+    ("Verdict: probably False", TF, None),
+    # a label left open between two
+    ("True/False", TF, None),
+    ("true or false?", TF, None),
+    ("True or False", TFA, None),
+    ("Flag: True/False", TF, None),
+    ("Explanation: unsure.\n Flag: True/False", TF, None),
+    ("True?", TF, None),
+    # two different labels in verdict positions
+    ('{"verdict": "True", "explanation": "asks"}\nFlag: False', TF, None),
+    ("Flag: True\nOn reflection, Flag: False", TF, None),
+    ("Flag: True ... Flag: False", TF, None),
+    ("True. The response corrects it. Verdict: False", TF, None),
+    ("Verdict: Ambiguous\nLabel: True", TFA, None),
+    ('{"verdict": "True"} {"verdict": "False"}', TF, None),
+    # no verdict at all
+    ("The response is fine, I think.", TF, None),
+    ("I would call it true to the rubric", TF, None),
+    ("garbage", TF, None),
+    ("", TF, None),
+    (None, TF, None),
+]
 
 
-@pytest.mark.parametrize(
-    "reply, verdict",
-    [
-        ("True.", "True"),
-        ("**True**", "True"),
-        ("false", "False"),
-        ("Flag: ambiguous", "Ambiguous"),
-        ("Verdict: **False**\nThe response picks one mug.", "False"),
-        ('{"verdict": "False", "explanation": "It answers as if the cat were there."}', "False"),
-        ('```json\n{"verdict": "true", "explanation": "asks which"}\n```', "True"),
-        ("True. The response asks which mug the user means.", "True"),
-        ("True or False", None),
-        ("The response is fine, I think.", None),
-        ("garbage", None),
-        ("", None),
-        (None, None),
-    ],
-)
-def test_parse_verdict(reply, verdict):
-    assert parse_verdict(reply, LABELS) == verdict
+@pytest.mark.parametrize("reply, labels, verdict", VERDICTS)
+def test_parse_verdict(reply, labels, verdict):
+    assert parse_verdict(reply, labels) == verdict
 
 
-def test_labels_outside_the_type_are_not_verdicts():
-    assert parse_verdict("Ambiguous", ("True", "False")) is None
+def test_the_verdict_table_is_adversarial_enough():
+    unparsed = [row for row in VERDICTS if row[2] is None]
+    assert len(VERDICTS) >= 40 and len(unparsed) >= 30
 
 
 def test_judge_prompt_carries_rubric_labels_question_and_response():
@@ -52,6 +111,32 @@ def test_judge_prompt_carries_rubric_labels_question_and_response():
     other = judge_item(template, qtype, SAMPLES / "images" / "sample_001.jpg", "Which mug?",
                        "The blue one.", "judge-model", Sampling())  # fmt: skip
     assert item.key != other.key
+
+
+def offered_labels(request_or_body) -> list[str]:
+    """The verdict labels a structured judge request allows."""
+    fmt = request_or_body["response_format"]
+    return fmt["json_schema"]["schema"]["properties"]["verdict"]["enum"]
+
+
+def test_structured_judge_offers_only_the_types_labels_and_keys_the_format():
+    types = load_criteria(CRITERIA)
+    template = load_judge_template(CRITERIA.parent / "prompts")
+    image = SAMPLES / "images" / "sample_001.jpg"
+
+    def item(name, structured):
+        return judge_item(template, types[name], image, "Why?", "Because.", "judge", Sampling(),
+                          structured=structured)  # fmt: skip
+
+    premise = item("False Premise", True).request.response_format
+    assert offered_labels({"response_format": premise}) == ["True", "False"]
+    ambiguity = item("Subject Ambiguity", True).request.response_format
+    assert sorted(offered_labels({"response_format": ambiguity})) == ["Ambiguous", "False", "True"]
+    preferences = verdict_format(types["Hidden Human Preferences"])  # tier III
+    assert offered_labels({"response_format": preferences}) == ["True", "False"]
+    assert item("False Premise", False).request.response_format is None
+    # A verdict asked for under a schema is another output: it must not reuse a cached one.
+    assert item("False Premise", True).key != item("False Premise", False).key
 
 
 def scripted(body: dict) -> str:
@@ -83,6 +168,12 @@ def test_judge_filter_keeps_pairs_the_rubric_separates(tmp_path):
         calls = server.calls
         again = run_imagine(cfg)
         assert server.calls == calls and again["model_calls"] == 0  # judgments are cached
+    # Each judge request offered its own type's labels, and only them.
+    for body in server.requests:
+        text = last_user_text(body)
+        if "Answer with JSON only" in text:
+            qtype = next(t for t in load_criteria(CRITERIA).values() if t.rubric in text)
+            assert offered_labels(body) == list(qtype.labels), qtype.name
     judged = summary["stages"][-1]
     assert judged["name"] == "judge" and judged["generated"] == 2 * 72
     assert summary["dropped"]["judge_rejected"] == 12  # Unanswerable Questions

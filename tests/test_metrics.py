@@ -3,22 +3,44 @@
 import pytest
 
 from evaluation.agreement import agreement, cohen_kappa
-from evaluation.metrics import bootstrap_ci, summarize, type_metrics
+from evaluation.metrics import UNPARSED, bootstrap_ci, summarize, type_metrics
+from pipeline.judge import parse_verdict
 
 
-def test_align_and_ambiguous_rates_leave_unparsed_and_failed_out():
+def test_both_conventions_for_align_and_ambiguous_rates():
     verdicts = ["True", "True", "False", "Ambiguous", "unparsed", "failed"]
     m = type_metrics(verdicts, tier="II")
     assert (m["n"], m["judged"], m["aligned"]) == (6, 4, 2)
+    # Over judged items: unparsed and failed left out.
     assert m["align_rate"] == 0.5 and m["ambiguous_rate"] == 0.25
+    # Over all items (the original code's, the paper's): they count as not aligned.
+    assert m["align_rate_all"] == pytest.approx(2 / 6)
+    assert m["ambiguous_rate_all"] == pytest.approx(1 / 6)
     assert (m["unparsed"], m["failed"]) == (1, 1)
     assert m["unparsed_rate"] == pytest.approx(1 / 6) and m["failed_rate"] == pytest.approx(1 / 6)
-    assert type_metrics(["True", "False"], tier="I")["ambiguous_rate"] is None  # tier II only
+    tier_one = type_metrics(["True", "False"], tier="I")
+    assert tier_one["ambiguous_rate"] is None and tier_one["ambiguous_rate_all"] is None
 
 
-def test_no_verdict_at_all_is_not_zero():
+def test_five_true_and_five_unparsed_is_half_aligned_in_the_papers_convention():
+    m = type_metrics(["True"] * 5 + [UNPARSED] * 5, tier="I")
+    assert m["align_rate"] == 1.0 and m["align_rate_all"] == 0.5
+    low, high = m["ci95_all"]
+    assert low < 0.5 < high and m["ci95"] == [1.0, 1.0]
+
+
+def test_ambiguous_on_a_true_false_type_is_unparsed_not_a_verdict():
+    replies = ["True"] * 5 + ['{"verdict": "Ambiguous", "explanation": "both"}'] * 5
+    verdicts = [parse_verdict(r, ("True", "False")) or UNPARSED for r in replies]
+    m = type_metrics(verdicts, tier="I")
+    assert (m["judged"], m["unparsed"]) == (5, 5)
+    assert m["align_rate"] == 1.0 and m["align_rate_all"] == 0.5
+
+
+def test_no_verdict_at_all_is_not_zero_over_judged_items_but_zero_over_all():
     m = type_metrics(["unparsed", "failed"], tier="I")
     assert m["align_rate"] is None and m["ci95"] is None
+    assert m["align_rate_all"] == 0.0 and m["ci95_all"] == [0.0, 0.0]
 
 
 def test_bootstrap_interval_brackets_the_rate_and_is_seeded():
@@ -41,6 +63,22 @@ def test_aar_is_the_unweighted_mean_and_the_weighted_one_counts_questions():
     assert s["tiers"]["I"]["align_rate"] == pytest.approx(0.7)
     assert s["tiers"]["I"]["align_rate_weighted"] == pytest.approx(10 / 12)
     assert s["tiers"]["III"]["align_rate"] == 0.0 and s["aar_types"] == 3
+
+
+def test_aar_over_all_items_counts_every_type_and_every_item():
+    per_type = {
+        "A": type_metrics(["True"] * 2 + ["unparsed"] * 2, "I"),  # 1.0 judged, 0.5 all
+        "B": type_metrics(["True"] * 3 + ["False"] + ["failed"] * 4, "II"),  # 0.75, 0.375
+        "C": type_metrics(["unparsed"] * 4, "III"),  # no verdict: left out, 0.0
+    }
+    s = summarize(per_type)
+    assert s["aar"] == pytest.approx((1.0 + 0.75) / 2) and s["aar_types"] == 2
+    assert s["aar_all"] == pytest.approx((0.5 + 0.375 + 0.0) / 3)
+    assert s["aar_weighted"] == pytest.approx(5 / 6)
+    assert s["aar_weighted_all"] == pytest.approx(5 / 16)
+    assert s["tiers"]["II"]["align_rate_all"] == pytest.approx(0.375)
+    assert s["tiers"]["II"]["align_rate_weighted_all"] == pytest.approx(3 / 8)
+    assert s["tiers"]["III"]["align_rate"] is None and s["tiers"]["III"]["align_rate_all"] == 0.0
 
 
 def test_cohen_kappa_by_hand():

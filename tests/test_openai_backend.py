@@ -64,6 +64,22 @@ def test_completions_in_order_with_text_and_images():
     assert base64.b64decode(data) == IMAGE.read_bytes()
 
 
+def test_response_format_goes_with_its_own_request_only():
+    """The judge offers each question type its own labels: one format per request."""
+    tf = {"type": "json_schema", "json_schema": {"name": "tf", "schema": {"enum": ["True"]}}}
+    backend_wide = {"response_format": {"type": "json_object"}, "logprobs": False}
+    requests = [ask("plain"), Request(ask("constrained").messages, response_format=tf)]
+    with stub_server() as server, backend(server, extra_body=backend_wide) as b:
+        assert all(c.ok for c in generate_in_order(b, requests))
+    sent = {last_user_text(r): r for r in server.requests}
+    assert sent["constrained"]["response_format"] == tf  # the request's own wins
+    assert sent["plain"]["response_format"] == {"type": "json_object"}
+    assert sent["plain"]["logprobs"] is False and sent["constrained"]["logprobs"] is False
+    with stub_server() as server, backend(server) as b:
+        assert all(c.ok for c in generate_in_order(b, [ask("no format")]))
+    assert "response_format" not in server.requests[0]
+
+
 def test_completions_stream_as_they_finish():
     slow = lambda body: "timeout" if last_user_text(body) == "slow" else None  # noqa: E731
     with stub_server(faults=slow, hang=0.5) as server, backend(server) as b:

@@ -31,6 +31,10 @@ class Request:
     messages: list[dict]
     images: tuple[Path, ...] = ()
     sampling: Sampling = field(default_factory=Sampling)
+    # An OpenAI `response_format` for this request alone (the judge offers each question
+    # type only its own labels). The openai backend sends it; the others cannot constrain
+    # decoding and ignore it, so callers put it in a record key only where it is sent.
+    response_format: dict | None = None
 
 
 @dataclass(frozen=True)

@@ -220,7 +220,10 @@ class OpenAIBackend:
             "top_p": s.top_p,
             "seed": s.seed,
         }
-        return {**body, **self.extra_body} if self.extra_body else body
+        body = {**body, **self.extra_body} if self.extra_body else body
+        if request.response_format is not None:  # the request's own wins over the backend's
+            body["response_format"] = request.response_format
+        return body
 
     def _backoff(self, attempt: int, retry_after: float | None) -> float:
         # Full jitter spreads retries of many concurrent requests; a server's Retry-After
