@@ -17,6 +17,7 @@ from pipeline.backends import Backend, BackendConfig, Sampling, close_backend, o
 from pipeline.criteria import criteria_hash, load_criteria
 from pipeline.images import list_images
 from pipeline.judge import judge_item, load_judge_template, parse_verdict
+from pipeline.lock import folder_lock
 from pipeline.runner import StageStats, pending, run_stage
 from pipeline.store import RecordStore
 
@@ -89,9 +90,15 @@ class _LazyBackend:
 
 
 def run_imagine(cfg: ImagineConfig) -> dict:
-    """Run every stage; returns the summary (also written to OUT/summary.json)."""
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
+    """Run every stage; returns the summary (also written to OUT/summary.json).
+
+    Holds OUT's lock throughout: another run on OUT stops with LockError before any work.
+    """
+    with folder_lock(cfg.out):
+        return _imagine(cfg, Path(cfg.out))
+
+
+def _imagine(cfg: ImagineConfig, out: Path) -> dict:
     _stages(cfg)  # reject a bad --stages before any work
     types = load_criteria(cfg.criteria)
     templates = load_templates(cfg.prompts)
