@@ -16,7 +16,7 @@ from pipeline.backends import Backend, BackendConfig, Request, Sampling, close_b
 from pipeline.criteria import load_criteria
 from pipeline.judge import judge_item, load_judge_template, parse_verdict
 from pipeline.lock import folder_lock
-from pipeline.runner import Item, StageStats, pending, run_stage
+from pipeline.runner import Item, StageStats, pending, run_stage, stored_stats
 from pipeline.store import RecordStore, file_hash, record_key
 from trainers.inference import TrainedModelBackend, conditioned, read_record
 
@@ -213,9 +213,7 @@ def _verdict_schema() -> dict:
 
 def _stage(name, work, opener, store, cfg, stats, run) -> None:
     if not run:
-        stats.append(
-            StageStats(name, total=len(work), cached=sum(store.is_ok(w.key) for w in work))
-        )
+        stats.append(stored_stats(name, work, store))
         return
     backend = opener() if pending(work, store, cfg.retry_failed) else None
     try:

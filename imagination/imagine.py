@@ -18,7 +18,7 @@ from pipeline.criteria import criteria_hash, load_criteria
 from pipeline.images import list_images
 from pipeline.judge import judge_item, load_judge_template, parse_verdict
 from pipeline.lock import folder_lock
-from pipeline.runner import StageStats, pending, run_stage
+from pipeline.runner import StageStats, pending, run_stage, stored_stats
 from pipeline.store import RecordStore
 
 
@@ -197,9 +197,7 @@ def _stage_sampling(cfg: ImagineConfig, stage: str) -> Sampling:
 
 def _run(name, items, lazy, store, cfg, stats) -> None:
     if name not in _stages(cfg):
-        stats.append(
-            StageStats(name, total=len(items), cached=sum(map(store.is_ok, (i.key for i in items))))
-        )
+        stats.append(stored_stats(name, items, store))
         return
     backend = lazy.get() if pending(items, store, cfg.retry_failed) else None
     stats.append(run_stage(name, items, backend, store, cfg.retry_failed, cfg.progress))

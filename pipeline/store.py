@@ -4,14 +4,15 @@ A record's key hashes everything that determines it (image bytes, type, rendered
 model, sampling, seed), never runtime knobs. Rerunning a stage skips keys already stored,
 so an identical rerun makes no model calls and editing one type's criteria regenerates
 only that type. A crash loses at most the records not yet flushed; a line cut short by a
-kill is dropped on the next open. One process writes a store at a time: opening one locks
-it (`pipeline.lock`) until it is closed.
+kill is dropped on the next open, with a warning naming it. One process writes a store at
+a time: opening one locks it (`pipeline.lock`) until it is closed.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import time
 import weakref
@@ -19,6 +20,8 @@ from functools import lru_cache
 from pathlib import Path
 
 from pipeline import lock
+
+log = logging.getLogger(__name__)
 
 OK, FAILED = "ok", "failed"
 
@@ -51,14 +54,15 @@ def _file_hash(path: str, size: int, mtime_ns: int) -> str:
 class RecordStore:
     """Records of one stage, keyed by `key`; the last record of a key wins.
 
-    Locked from opening to `close` (LockError if another process has it open).
+    Locked from opening to `close` (LockError if another process has it open);
+    `dropped_line` is the number of a line cut short by a kill and dropped on opening.
     """
 
     def __init__(self, path: str | Path, flush_every: int = 64, flush_seconds: float = 2.0):
         self.path = Path(path)
         self.flush_every, self.flush_seconds = flush_every, flush_seconds
         self.records: dict[str, dict] = {}
-        self.dropped_tail = False
+        self.dropped_line: int | None = None
         self.path.parent.mkdir(parents=True, exist_ok=True)
         # Locked before reading: dropping a cut-short line writes to the file.
         key = lock.acquire(self.path.with_name(self.path.name + ".lock"), self.path)
@@ -83,7 +87,11 @@ class RecordStore:
             cut = data.rfind(b"\n") + 1
             with open(self.path, "r+b") as f:
                 f.truncate(cut)
-            data, self.dropped_tail = data[:cut], True
+            data, self.dropped_line = data[:cut], data.count(b"\n", 0, cut) + 1
+            log.warning(
+                "%s: line %d was cut short by an interrupted write; dropped it, its item will "
+                "be generated again", self.path, self.dropped_line,
+            )  # fmt: skip
         for number, line in enumerate(data.decode("utf-8").splitlines(), start=1):
             if not line.strip():
                 continue
