@@ -93,9 +93,10 @@ def release(key: Path) -> None:
         # it gets the lock, that the file is gone and starts again on a fresh one.
         try:
             os.unlink(key)
-        except FileNotFoundError:
+        except OSError:  # gone already, or the folder turned read-only: the lock still ends
             pass
-        os.close(held.fd)
+        finally:
+            os.close(held.fd)
 
 
 @contextmanager
@@ -166,7 +167,7 @@ def _same_file(fd: int, path: Path) -> bool:
 def _parse(data: bytes) -> Holder:
     try:
         info = json.loads(data)
-        return Holder(int(info["pid"]), str(info.get("host")), str(info.get("started")))
+        return Holder(int(info["pid"]), info.get("host"), info.get("started"))
     except (ValueError, KeyError, TypeError):  # empty or half-written by a starting holder
         return Holder()
 
