@@ -108,6 +108,32 @@ def test_a_lock_left_by_a_dead_process_is_taken_over(tmp_path, caplog):
     assert not lock_file.exists()
 
 
+# A run that forks a worker (data loaders, engines) while it holds its folder.
+FORKER = """
+import os, sys, time
+from pipeline.lock import folder_lock
+with folder_lock(sys.argv[1]):
+    if os.fork() == 0:  # the worker: says it is running (at-fork handlers have run)
+        print(os.getpid(), flush=True)
+        time.sleep(120)
+        os._exit(0)
+    time.sleep(600)
+"""
+
+
+def test_a_worker_left_by_a_killed_run_does_not_keep_its_folder(tmp_path):
+    run = subprocess.Popen([sys.executable, "-c", FORKER, str(tmp_path)], cwd=REPO,
+                           stdout=subprocess.PIPE, text=True)  # fmt: skip
+    worker = int(run.stdout.readline())
+    try:
+        run.send_signal(signal.SIGKILL)
+        run.wait()
+        with folder_lock(tmp_path):  # LockError if the orphaned worker still held it
+            assert json.loads((tmp_path / FOLDER_LOCK).read_text())["pid"] == os.getpid()
+    finally:
+        os.kill(worker, signal.SIGKILL)
+
+
 def test_an_open_store_is_locked_against_other_processes_only(tmp_path):
     run = tmp_path / "run"
     path = run / "questions.jsonl"
