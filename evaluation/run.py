@@ -15,7 +15,8 @@ from pipeline import DEFAULT_CRITERIA_DIR, DEFAULT_PROMPTS_DIR, DEFAULT_SAMPLES_
 from pipeline.backends import Backend, BackendConfig, Request, Sampling, close_backend, open_backend
 from pipeline.criteria import load_criteria
 from pipeline.judge import judge_item, load_judge_template, parse_verdict
-from pipeline.runner import Item, StageStats, pending, run_stage
+from pipeline.lock import folder_lock
+from pipeline.runner import Item, StageStats, pending, run_stage, stored_stats
 from pipeline.store import RecordStore, file_hash, record_key
 from trainers.inference import TrainedModelBackend, conditioned, read_record
 
@@ -81,11 +82,17 @@ class EvalConfig(BackendConfig):
 
 
 def run_eval(cfg: EvalConfig) -> dict:
-    """Run the selected stages; returns the metrics (also in OUT/metrics.json)."""
-    out = Path(cfg.out)
+    """Run the selected stages; returns the metrics (also in OUT/metrics.json).
+
+    Holds OUT's lock throughout: another run on OUT stops with LockError before any work.
+    """
+    with folder_lock(cfg.out):
+        return _eval(cfg, Path(cfg.out))
+
+
+def _eval(cfg: EvalConfig, out: Path) -> dict:
     types = load_criteria(cfg.criteria)
     items = load_pie(cfg.pie, set(types))  # every row checked before any model call
-    out.mkdir(parents=True, exist_ok=True)
     # The config holds the name of the key's variable, never a key.
     (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
     stages = {s.strip() for s in cfg.stages.split(",")}
@@ -195,9 +202,7 @@ def _judge(cfg, types, items, answers, out, stats, run) -> dict[str, dict]:
 
 def _stage(name, work, opener, store, cfg, stats, run) -> None:
     if not run:
-        stats.append(
-            StageStats(name, total=len(work), cached=sum(store.is_ok(w.key) for w in work))
-        )
+        stats.append(stored_stats(name, work, store))
         return
     backend = opener() if pending(work, store, cfg.retry_failed) else None
     try:

@@ -17,7 +17,8 @@ from pipeline.backends import Backend, BackendConfig, Sampling, close_backend, o
 from pipeline.criteria import criteria_hash, load_criteria
 from pipeline.images import list_images
 from pipeline.judge import judge_item, load_judge_template, parse_verdict
-from pipeline.runner import StageStats, pending, run_stage
+from pipeline.lock import folder_lock
+from pipeline.runner import StageStats, pending, run_stage, stored_stats
 from pipeline.store import RecordStore
 
 
@@ -94,9 +95,15 @@ class _LazyBackend:
 
 
 def run_imagine(cfg: ImagineConfig) -> dict:
-    """Run every stage; returns the summary (also written to OUT/summary.json)."""
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
+    """Run every stage; returns the summary (also written to OUT/summary.json).
+
+    Holds OUT's lock throughout: another run on OUT stops with LockError before any work.
+    """
+    with folder_lock(cfg.out):
+        return _imagine(cfg, Path(cfg.out))
+
+
+def _imagine(cfg: ImagineConfig, out: Path) -> dict:
     _stages(cfg)  # reject a bad --stages before any work
     types = load_criteria(cfg.criteria)
     templates = load_templates(cfg.prompts)
@@ -197,9 +204,7 @@ def _stage_sampling(cfg: ImagineConfig, stage: str) -> Sampling:
 
 def _run(name, items, lazy, store, cfg, stats) -> None:
     if name not in _stages(cfg):
-        stats.append(
-            StageStats(name, total=len(items), cached=sum(map(store.is_ok, (i.key for i in items))))
-        )
+        stats.append(stored_stats(name, items, store))
         return
     backend = lazy.get() if pending(items, store, cfg.retry_failed) else None
     stats.append(run_stage(name, items, backend, store, cfg.retry_failed, cfg.progress))

@@ -12,6 +12,7 @@ from pathlib import Path
 from pipeline import DEFAULT_CRITERIA_DIR, DEFAULT_SAMPLES_DIR, REPO_ROOT
 from pipeline.config import ConfigError, parse_config
 from pipeline.criteria import CriteriaError
+from pipeline.lock import LockError, folder_lock
 
 
 def cmd_tiny_model(argv: Sequence[str]) -> int:
@@ -119,8 +120,9 @@ def cmd_imagine(
     (cfg,) = parse_config([ImagineConfig], argv, prog)
     if stages:
         cfg.stages = stages
-    _ensure_default_model(cfg.model)
-    summary = run_imagine(cfg)
+    with folder_lock(cfg.out):  # before building a model: a refused run does nothing
+        _ensure_default_model(cfg.model)
+        summary = run_imagine(cfg)
     print(imagine_report(summary))
     failed = sum(s["failed"] + s["skipped_failed"] for s in summary["stages"])
     return 1 if failed else 0  # the exit status says whether every record was made
@@ -220,8 +222,9 @@ def cmd_eval(argv: Sequence[str], prog: str = "macaroon eval", stages: str | Non
     (cfg,) = parse_config([EvalConfig], argv, prog)
     if stages:
         cfg.stages = stages
-    _ensure_default_model(cfg.model)
-    metrics = run_eval(cfg)
+    with folder_lock(cfg.out):  # before building a model: a refused run does nothing
+        _ensure_default_model(cfg.model)
+        metrics = run_eval(cfg)
     print(eval_report(metrics, cfg.out))
     failed = sum(s["failed"] + s["skipped_failed"] for s in metrics["stages"])
     return 1 if failed else 0  # a stage with failed items is incomplete
@@ -434,6 +437,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return COMMANDS[name][1](rest)
     except (ConfigError, CriteriaError, ValueError, FileNotFoundError) as err:
         # Bad input: one clear line naming the file and the fix, no traceback.
+        print(f"macaroon {name}: error: {err}", file=sys.stderr)
+        return 2
+    except LockError as err:
+        # Refused before doing anything, like bad input (2); 1 means a run left work undone.
         print(f"macaroon {name}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

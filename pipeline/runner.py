@@ -29,6 +29,7 @@ class StageStats:
     cached: int = 0
     failed: int = 0
     skipped_failed: int = 0  # failures from an earlier run, left alone without --retry-failed
+    cut_short: int = 0  # a last line cut short by a kill, dropped when the store was opened
     completion_tokens: int = 0
     seconds: float = 0.0
 
@@ -41,6 +42,7 @@ class StageStats:
             f"{self.name:<10} {self.total:>6} items: {self.generated} generated, "
             f"{self.cached} cached, {self.failed + self.skipped_failed} failed"
             + (f" ({self.skipped_failed} from earlier runs)" if self.skipped_failed else "")
+            + (f", {self.cut_short} cut-short line dropped" if self.cut_short else "")
             + (f", {self.tokens_per_second:.1f} tokens/s" if self.generated else "")
         )
 
@@ -58,7 +60,7 @@ def run_stage(
     `backend` may be None when nothing needs generating (it is only opened on demand by
     the caller if `pending(...)` is non-empty).
     """
-    stats = StageStats(name, total=len(items))
+    stats = StageStats(name, total=len(items), cut_short=int(store.dropped_line is not None))
     todo = pending(items, store, retry_failed, stats)
     if not todo:
         return stats
@@ -85,6 +87,14 @@ def run_stage(
         bar.close()
         stats.seconds = time.monotonic() - start
     return stats
+
+
+def stored_stats(name: str, items: Sequence[Item], store: RecordStore) -> StageStats:
+    """The stats of a stage left out of --stages: what its store holds, nothing generated."""
+    return StageStats(
+        name, total=len(items), cached=sum(store.is_ok(item.key) for item in items),
+        cut_short=int(store.dropped_line is not None),
+    )  # fmt: skip
 
 
 def pending(

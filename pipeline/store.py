@@ -4,17 +4,24 @@ A record's key hashes everything that determines it (image bytes, type, rendered
 model, sampling, seed), never runtime knobs. Rerunning a stage skips keys already stored,
 so an identical rerun makes no model calls and editing one type's criteria regenerates
 only that type. A crash loses at most the records not yet flushed; a line cut short by a
-kill is dropped on the next open.
+kill is dropped on the next open, with a warning naming it. One process writes a store at
+a time: opening one locks it (`pipeline.lock`) until it is closed.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import time
+import weakref
 from functools import lru_cache
 from pathlib import Path
+
+from pipeline import lock
+
+log = logging.getLogger(__name__)
 
 OK, FAILED = "ok", "failed"
 
@@ -45,16 +52,28 @@ def _file_hash(path: str, size: int, mtime_ns: int) -> str:
 
 
 class RecordStore:
-    """Records of one stage, keyed by `key`; the last record of a key wins."""
+    """Records of one stage, keyed by `key`; the last record of a key wins.
+
+    Locked from opening to `close` (LockError if another process has it open);
+    `dropped_line` is the number of a line cut short by a kill and dropped on opening.
+    """
 
     def __init__(self, path: str | Path, flush_every: int = 64, flush_seconds: float = 2.0):
         self.path = Path(path)
         self.flush_every, self.flush_seconds = flush_every, flush_seconds
         self.records: dict[str, dict] = {}
-        self.dropped_tail = False
+        self.dropped_line: int | None = None
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._load()
-        self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 (closed in close())
+        # Locked before reading: dropping a cut-short line writes to the file.
+        key = lock.acquire(self.path.with_name(self.path.name + ".lock"), self.path)
+        # Released by close(), or when a store that was never closed is collected.
+        self._unlock = weakref.finalize(self, lock.release, key)
+        try:
+            self._load()
+            self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 (see close())
+        except BaseException:
+            self._unlock()
+            raise
         self._pending, self._last_flush = 0, time.monotonic()
 
     def _load(self) -> None:
@@ -68,7 +87,11 @@ class RecordStore:
             cut = data.rfind(b"\n") + 1
             with open(self.path, "r+b") as f:
                 f.truncate(cut)
-            data, self.dropped_tail = data[:cut], True
+            data, self.dropped_line = data[:cut], data.count(b"\n", 0, cut) + 1
+            log.warning(
+                "%s: line %d was cut short by an interrupted write; dropped it, its item will "
+                "be generated again", self.path, self.dropped_line,
+            )  # fmt: skip
         for number, line in enumerate(data.decode("utf-8").splitlines(), start=1):
             if not line.strip():
                 continue
@@ -107,10 +130,13 @@ class RecordStore:
         self._pending, self._last_flush = 0, time.monotonic()
 
     def close(self) -> None:
-        if not self._file.closed:
-            self._file.flush()
-            os.fsync(self._file.fileno())
-            self._file.close()
+        try:
+            if not self._file.closed:
+                self._file.flush()
+                os.fsync(self._file.fileno())
+                self._file.close()
+        finally:
+            self._unlock()
 
     def __enter__(self) -> RecordStore:
         return self

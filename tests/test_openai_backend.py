@@ -9,7 +9,14 @@ from pathlib import Path
 import pytest
 from openai_stub import last_user_text, stub_server
 
-from pipeline.backends import Request, Sampling, generate_in_order
+from pipeline.backends import (
+    BackendConfig,
+    Request,
+    Sampling,
+    close_backend,
+    generate_in_order,
+    open_backend,
+)
 from pipeline.backends.openai_api import OpenAIBackend, _retry_after
 
 IMAGE = Path(__file__).resolve().parents[1] / "datasets" / "samples" / "images" / "sample_001.jpg"
@@ -96,6 +103,26 @@ def test_429_waits_for_retry_after():
     assert done.ok and done.text == "ok"
     assert elapsed >= 1.0
     assert server.calls == 2
+
+
+def test_a_day_long_retry_after_is_capped_and_said(caplog):
+    # Through the config, as a run sets it: --max_retry_wait reaches the backend.
+    caplog.set_level(logging.WARNING, logger="pipeline.backends.openai_api")
+    with stub_server(faults=[("429", 86400)]) as server:
+        cfg = BackendConfig(backend="openai", model="stub-model", base_url=server.base_url,
+                            max_retry_wait=0.2)  # fmt: skip
+        b = open_backend(cfg)
+        try:
+            start = time.monotonic()
+            [done] = b.generate([ask("hi")])
+            elapsed = time.monotonic() - start
+        finally:
+            close_backend(b)
+    assert done.ok and done.text == "ok" and server.calls == 2
+    assert elapsed < 2
+    assert "HTTP 429; the server asked to wait 86400 s before retrying, waiting 0.2 s" in (
+        caplog.text
+    )
 
 
 def test_retry_after_forms():

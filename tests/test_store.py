@@ -1,10 +1,13 @@
 """The record store keeps finished work through crashes and never duplicates a key."""
 
 import json
+import logging
 
 import pytest
+from openai_stub import stub_server
 
 from pipeline.backends import Completion, Request
+from pipeline.cli import main
 from pipeline.runner import Item, run_stage
 from pipeline.store import RecordStore, StoreError, record_key
 
@@ -15,16 +18,41 @@ def test_keys_follow_content_not_runtime_knobs():
     assert a != record_key(image="h1", prompt="p2", model="m", sampling={"temperature": 0})
 
 
-def test_a_truncated_last_line_is_dropped_and_appends_start_clean(tmp_path):
+def test_a_truncated_last_line_is_reported_dropped_and_appends_start_clean(tmp_path, caplog):
     path = tmp_path / "s.jsonl"
     path.write_text(
         json.dumps({"key": "a", "status": "ok", "text": "x"}) + "\n" + '{"key": "b", "sta'
     )
-    with RecordStore(path) as store:
-        assert store.dropped_tail and store.is_ok("a") and "b" not in store
+    with caplog.at_level(logging.WARNING, logger="pipeline.store"), RecordStore(path) as store:
+        assert store.dropped_line == 2 and store.is_ok("a") and "b" not in store
         store.append({"key": "b", "status": "ok", "text": "y"})
     lines = path.read_text().splitlines()
     assert [json.loads(line)["key"] for line in lines] == ["a", "b"]
+    assert (
+        f"{path}: line 2 was cut short by an interrupted write; dropped it, its item will be "
+        "generated again" in caplog.text
+    )
+
+
+def test_a_kill_mid_write_is_named_and_only_that_item_is_made_again(tmp_path, capsys, caplog):
+    path = tmp_path / "questions.jsonl"
+    with stub_server() as server:
+        argv = ["imagine", "--backend", "openai", "--model", "stub-model", "--base_url",
+                server.base_url, "--out", str(tmp_path), "--progress", "false"]  # fmt: skip
+        assert main(argv) == 0
+        lines = path.read_bytes().splitlines(keepends=True)
+        path.write_bytes(b"".join(lines[:-1]) + lines[-1][:30])  # as a kill mid-write leaves it
+        calls = server.calls
+        capsys.readouterr()
+        with caplog.at_level(logging.WARNING, logger="pipeline.store"):
+            assert main(argv) == 0
+        assert server.calls == calls + 1
+    assert f"{path}: line {len(lines)} was cut short by an interrupted write" in caplog.text
+    summary = capsys.readouterr().out
+    assert (
+        f"questions  {len(lines):>6} items: 1 generated, {len(lines) - 1} cached, 0 failed, "
+        "1 cut-short line dropped" in summary
+    )
 
 
 def test_a_damaged_middle_line_names_file_and_line(tmp_path):

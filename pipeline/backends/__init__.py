@@ -106,6 +106,11 @@ class BackendConfig:
     )
     concurrency: int = field(default=32, metadata={"help": "Requests in flight (openai)."})
     max_retries: int = field(default=6, metadata={"help": "Retries per request (openai)."})
+    max_retry_wait: float = field(
+        default=60.0,
+        metadata={"help": "Longest wait in seconds before a retry (openai), even when the "
+                  "server's Retry-After asks for more."},
+    )  # fmt: skip
     timeout: float = field(default=120.0, metadata={"help": "Seconds per request (openai)."})
 
 
@@ -140,7 +145,7 @@ def open_backend(cfg: BackendConfig, extra_body: dict | None = None) -> Backend:
             base_url = server.base_url
         backend = OpenAIBackend(
             cfg.model, base_url, cfg.api_key_env, cfg.concurrency, cfg.max_retries, cfg.timeout,
-            extra_body=extra_body,
+            extra_body=extra_body, max_retry_wait=cfg.max_retry_wait,
         )  # fmt: skip
         backend.server = server  # stopped by close_backend
         return backend

@@ -3,8 +3,8 @@
 Requests go out concurrently through one `openai.AsyncOpenAI` client on an event loop that
 lives in a background thread; `generate` is a plain iterator that hands completions over
 through a queue as they finish. Retries are ours (the client's own are off) so that we
-control backoff, honour `Retry-After`, and turn a request that keeps failing into a
-failed `Completion` instead of an exception.
+control backoff, honour `Retry-After` (up to `max_retry_wait`), and turn a request that
+keeps failing into a failed `Completion` instead of an exception.
 """
 
 from __future__ import annotations
@@ -75,6 +75,7 @@ class OpenAIBackend:
         backoff_base: float = 0.5,
         backoff_max: float = 60.0,
         extra_body: dict | None = None,
+        max_retry_wait: float = 60.0,
     ) -> None:
         if concurrency < 1 or max_retries < 0:
             raise ValueError("concurrency must be >= 1 and max_retries >= 0")
@@ -88,6 +89,7 @@ class OpenAIBackend:
         self.backoff_base = backoff_base
         self.backoff_max = backoff_max
         self.extra_body = extra_body
+        self.max_retry_wait = max_retry_wait
         # Started on first use, so constructing a backend makes no connection.
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -206,6 +208,12 @@ class OpenAIBackend:
             if attempt + 1 < attempts:
                 wait = self._backoff(attempt, failure.retry_after)
                 reason = self._redact(failure.kind)
+                if failure.retry_after is not None and failure.retry_after > wait:
+                    log.warning(
+                        "request %d: %s; the server asked to wait %g s before retrying, "
+                        "waiting %g s (--max_retry_wait)", index, reason, failure.retry_after,
+                        wait,
+                    )  # fmt: skip
                 log.debug("request %d: %s; retry %d in %.2f s", index, reason, attempt + 1, wait)
                 await asyncio.sleep(wait)
         return self._failed(index, failure, attempts)
@@ -227,9 +235,10 @@ class OpenAIBackend:
 
     def _backoff(self, attempt: int, retry_after: float | None) -> float:
         # Full jitter spreads retries of many concurrent requests; a server's Retry-After
-        # is a floor, never shortened.
+        # is a floor, shortened only to max_retry_wait (a server asking for a day would
+        # stall the run for a day per retry).
         jitter = random.uniform(0, min(self.backoff_max, self.backoff_base * 2**attempt))
-        return max(jitter, retry_after or 0.0)
+        return min(max(jitter, retry_after or 0.0), self.max_retry_wait)
 
     def _classify(self, exc: Exception) -> _Failure:
         if isinstance(exc, openai.APITimeoutError) and _timed_out(exc):
