@@ -1,4 +1,4 @@
-"""Local random-weight VLMs: Hub layout, Auto-class loading, real batched generation."""
+"""`macaroon tiny-model`: Hub layout, reproducible weights, reuse, and the families' data."""
 
 import json
 
@@ -8,55 +8,42 @@ from safetensors import safe_open
 
 from pipeline.cli import main
 from pipeline.tiny_model import ARCHS
+from pipeline.tiny_model.families import FAMILIES_DIR, family
 
-QUESTIONS = ["What colour is the mug?", "How many dogs are in the park today?"]
-
-
-def chat(question):
-    return [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
-
-
-def generate(model_dir, image, questions):
-    from transformers import AutoModelForImageTextToText, AutoProcessor
-
-    model = AutoModelForImageTextToText.from_pretrained(model_dir).eval()
-    processor = AutoProcessor.from_pretrained(model_dir)
-    texts = processor.apply_chat_template([chat(q) for q in questions], add_generation_prompt=True)
-    inputs = processor(
-        text=texts, images=[[image]] * len(questions), return_tensors="pt", padding=True
-    )
-    with torch.no_grad():
-        out = model.generate(**inputs, max_new_tokens=6, do_sample=False)
-    return out[:, inputs["input_ids"].shape[1] :].tolist()
+# What each family file must say, and cite.
+REQUIRED = ("family", "published", "sources", "tokenizer", "chat_template", "generation_config",
+            "processor", "model", "image_tokens", "language_model", "vllm",
+            "published_renderings")  # fmt: skip
+CITED = ("tokenizer", "chat_template", "generation_config", "processor", "config")
 
 
-@pytest.mark.parametrize("arch", ARCHS)
-def test_loads_with_auto_classes_and_generates(tiny_model, sample_image, arch):
-    folder = tiny_model(arch)
-    assert (folder / "model.safetensors").is_file() and not list(folder.glob("*.bin"))
-    config = json.loads((folder / "config.json").read_text())
-    assert config["architectures"][0].endswith("ForConditionalGeneration")
-    batched = generate(folder, sample_image, QUESTIONS)
-    assert all(len(tokens) > 0 for tokens in batched)
-    # Left padding must not change the answer: a batch gives what one at a time gives.
-    one_by_one = [generate(folder, sample_image, [q])[0] for q in QUESTIONS]
-    assert batched == one_by_one
+def test_every_family_has_its_facts_and_their_sources():
+    assert set(ARCHS) >= {"llava", "llava-next", "qwen2-vl", "qwen2.5-vl", "llava-onevision",
+                          "gemma3", "idefics3", "qwen3-vl", "internvl"}  # fmt: skip
+    for arch in ARCHS:
+        spec = family(arch)
+        assert all(key in spec for key in REQUIRED), arch
+        assert all(spec["sources"].get(key) for key in CITED), arch
+        assert (FAMILIES_DIR / spec["chat_template"]).is_file(), arch
+        assert spec["family"] == arch
 
 
-def test_llava_vision_weights_use_the_hub_layout(tiny_model):
-    with safe_open(tiny_model("llava") / "model.safetensors", "pt") as f:
+@pytest.mark.parametrize("arch", ["llava", "llava-onevision", "gemma3"])
+def test_vision_weights_use_the_published_layout(tiny_model, arch):
+    with safe_open(tiny_model(arch) / "model.safetensors", "pt") as f:
         keys = list(f.keys())
     vision = [k for k in keys if k.startswith("vision_tower.")]
     assert vision and all(k.startswith("vision_tower.vision_model.") for k in vision)
     assert any(k.startswith("language_model.") for k in keys)
 
 
-def test_chat_template_marks_the_assistant_turn(tiny_model):
+def test_the_assistant_turn_is_marked_for_assistant_only_loss(tiny_model):
     from transformers import AutoProcessor
 
-    processor = AutoProcessor.from_pretrained(tiny_model("llava"))
-    conversation = chat("Which mug?") + [
-        {"role": "assistant", "content": [{"type": "text", "text": "Which one do you mean?"}]}
+    processor = AutoProcessor.from_pretrained(tiny_model("qwen2-vl"))
+    conversation = [
+        {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Which mug?"}]},
+        {"role": "assistant", "content": [{"type": "text", "text": "Which one do you mean?"}]},
     ]
     out = processor.apply_chat_template(
         conversation, tokenize=True, return_dict=True, return_assistant_tokens_mask=True
@@ -64,7 +51,7 @@ def test_chat_template_marks_the_assistant_turn(tiny_model):
     ids, mask = out["input_ids"], out["assistant_masks"]
     ids, mask = (ids[0], mask[0]) if isinstance(ids[0], list) else (ids, mask)
     answer = processor.tokenizer.decode([i for i, m in zip(ids, mask, strict=True) if m])
-    assert answer.startswith(" Which one do you mean?")
+    assert answer == "Which one do you mean?<|im_end|>"
 
 
 def test_same_seed_same_weights(tmp_path):
@@ -82,9 +69,12 @@ def test_same_seed_same_weights(tmp_path):
 
 def test_cli_builds_and_reuses(tmp_path, capsys):
     out = tmp_path / "m"
-    assert main(["tiny-model", "--arch", "qwen2-vl", "--out", str(out)]) == 0
+    argv = ["tiny-model", "--arch", "qwen2-vl", "--images", "reduced", "--out", str(out)]
+    assert main(argv) == 0
     stamp = (out / "model.safetensors").stat().st_mtime_ns
-    assert main(["tiny-model", "--arch", "qwen2-vl", "--out", str(out)]) == 0
+    assert main(argv) == 0
     assert (out / "model.safetensors").stat().st_mtime_ns == stamp  # reused, not rebuilt
+    processor = json.loads((out / "processor_config.json").read_text())
+    assert processor["image_processor"]["size"]["longest_edge"] == 3136  # reduced: 4 tokens
     assert main(["tiny-model", "--arch", "gpt-2", "--out", str(out)]) == 2
-    assert "unknown; choose one of llava, llava-next, qwen2-vl" in capsys.readouterr().err
+    assert "unknown; choose one of gemma3, idefics3, internvl, llava" in capsys.readouterr().err
