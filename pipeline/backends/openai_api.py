@@ -76,6 +76,7 @@ class OpenAIBackend:
         backoff_max: float = 60.0,
         extra_body: dict | None = None,
         max_retry_wait: float = 60.0,
+        extended_sampling: bool | None = None,
     ) -> None:
         if concurrency < 1 or max_retries < 0:
             raise ValueError("concurrency must be >= 1 and max_retries >= 0")
@@ -90,6 +91,11 @@ class OpenAIBackend:
         self.backoff_max = backoff_max
         self.extra_body = extra_body
         self.max_retry_wait = max_retry_wait
+        # OpenAI's own API refuses top_k & co.; every other server gets them, so that its
+        # model's generation defaults (vLLM applies generation_config.json) never replace ours.
+        if extended_sampling is None:
+            extended_sampling = urlsplit(self.base_url).hostname != "api.openai.com"
+        self.extended_sampling = extended_sampling
         # Started on first use, so constructing a backend makes no connection.
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -228,6 +234,9 @@ class OpenAIBackend:
             "top_p": s.top_p,
             "seed": s.seed,
         }
+        if self.extended_sampling:
+            body |= {"top_k": s.top_k if s.top_k > 0 else -1, "min_p": s.min_p,
+                     "repetition_penalty": s.repetition_penalty}  # fmt: skip
         body = {**body, **self.extra_body} if self.extra_body else body
         if request.response_format is not None:  # the request's own wins over the backend's
             body["response_format"] = request.response_format
@@ -356,11 +365,13 @@ def _to_completion(index: int, body: object) -> Completion:
     if not isinstance(text, str):  # e.g. a refusal or tool call instead of text
         raise _InvalidBody(f"no message text: {_shorten(json.dumps(body['choices'][0]))}")
     usage = body.get("usage") or {}
+    reason = body["choices"][0].get("finish_reason")
     return Completion(
         index,
         text,
         prompt_tokens=usage.get("prompt_tokens") or 0,
         completion_tokens=usage.get("completion_tokens") or 0,
+        finish_reason=reason if reason in ("stop", "length") else None,
     )
 
 

