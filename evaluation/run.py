@@ -145,7 +145,10 @@ def _answer_backend(cfg: EvalConfig) -> Backend:
         )
     # Left at its default, --model means "the adapter's own base" (from macaroon.json).
     base = None if cfg.model == BackendConfig.model else cfg.model
-    return TrainedModelBackend(cfg.adapter, base, cfg.batch_size, cfg.dtype, condition=False)
+    return TrainedModelBackend(
+        cfg.adapter, base, cfg.batch_size, cfg.dtype, condition=False,
+        max_image_tokens=cfg.max_image_tokens,
+    )  # fmt: skip
 
 
 def _generate(cfg, items, out, stats, run) -> dict[str, dict]:

@@ -1,4 +1,14 @@
-"""The CRL collator: TRL's vision-language collator with the reward token in the prompt."""
+"""Collators: TRL's vision-language collators fed the prompts inference sends.
+
+TRL's collators render conversations themselves and tokenize them with no special tokens,
+so on LLaVA the trained prompt lacks the BOS that inference (and the model card) puts
+first, and an assistant turn that the template does not close with EOS trains a model
+that never stops. Here every conversation is rendered by pipeline/chat.py, the same
+function the backends use, and handed to TRL as finished prompt and completion strings;
+TRL then masks the prompt (reward token and image tokens included) and the padding, and
+passes through whatever the processor returns (`pixel_values`, `image_sizes`,
+`image_grid_thw`, `token_type_ids`, ...).
+"""
 
 from __future__ import annotations
 
@@ -6,34 +16,64 @@ import copy
 from dataclasses import dataclass, field
 from typing import Any
 
+from trl.trainer.dpo_trainer import DataCollatorForVisionPreference
 from trl.trainer.sft_trainer import DataCollatorForVisionLanguageModeling
 
+from pipeline.chat import completion_text, prompt_text
 from pipeline.formats import REWARDS
 
 
 @dataclass
-class CRLCollator(DataCollatorForVisionLanguageModeling):
-    """Prefix each example's first user turn with its reward token, then collate as TRL does.
+class PromptCompletionCollator(DataCollatorForVisionLanguageModeling):
+    """SFT, multi-turn and CRL rows (prompt + completion); CRL rows also carry `reward`.
 
-    Rows are prompt-completion with a `reward` column (`good` / `bad`). TRL's collator then
-    masks the prompt (reward token and image tokens included) and the padding, so the loss
-    covers the response only, and passes through whatever the processor returns
-    (`pixel_values`, `image_sizes`, `image_grid_thw`, ...).
+    A row with a `reward` gets that reward's token before the user's words (the paper's
+    placement); the loss covers the completion and its stop token only.
     """
 
+    stop_ids: list[int] = field(default_factory=list)
     reward_tokens: dict[str, str] = field(default_factory=lambda: {r: r for r in REWARDS})
     completion_only_loss: bool = True
 
     def torch_call(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
-        return super().torch_call([self.condition(example) for example in examples])
+        return super().torch_call([self.render(example) for example in examples])
 
-    def condition(self, example: dict[str, Any]) -> dict[str, Any]:
-        example = dict(example)
-        reward = example.pop("reward")
-        if reward not in self.reward_tokens:
-            raise ValueError(f"reward {reward!r} is not one of {sorted(self.reward_tokens)}")
-        example["prompt"] = with_reward_token(example["prompt"], self.reward_tokens[reward])
-        return example
+    def render(self, example: dict[str, Any]) -> dict[str, Any]:
+        prompt = example["prompt"]
+        if "reward" in example:
+            reward = example["reward"]
+            if reward not in self.reward_tokens:
+                raise ValueError(f"reward {reward!r} is not one of {sorted(self.reward_tokens)}")
+            prompt = with_reward_token(prompt, self.reward_tokens[reward])
+        prompt, completion = completion_text(
+            self.processor, prompt, example["completion"], self.stop_ids
+        )
+        return {"images": example["images"], "prompt": prompt, "completion": completion}
+
+
+# Kept under its old name: CRL is the prompt-completion collator with a `reward` column.
+CRLCollator = PromptCompletionCollator
+
+
+@dataclass
+class PreferenceCollator(DataCollatorForVisionPreference):
+    """DPO rows: the same prompt as inference, chosen and rejected ending on a stop token."""
+
+    stop_ids: list[int] = field(default_factory=list)
+
+    def torch_call(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
+        return super().torch_call([self.render(example) for example in examples])
+
+    def render(self, example: dict[str, Any]) -> dict[str, Any]:
+        prompt = prompt_text(self.processor, example["prompt"])
+        chosen = completion_text(
+            self.processor, example["prompt"], example["chosen"], self.stop_ids
+        )
+        rejected = completion_text(
+            self.processor, example["prompt"], example["rejected"], self.stop_ids
+        )
+        return {"images": example["images"], "prompt": prompt, "chosen": chosen[1],
+                "rejected": rejected[1]}  # fmt: skip
 
 
 def with_reward_token(prompt: list[dict], token: str) -> list[dict]:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from pipeline.image_limits import DEFAULT_MAX_IMAGE_TOKENS
+
 # METHOD -> (dataset config it trains on, TRL trainer). DESIGN.md §6.
 METHODS = {
     "crl": ("crl", "sft"),  # conditional RL: reward token + response, SFT loss
@@ -50,14 +52,20 @@ class MacaroonTrainConfig:
     reward_special_tokens: bool = field(
         default=False,
         metadata={
-            "help": "Add the reward tokens to the vocabulary as new tokens whose embedding rows "
-            "train (default: the plain words, as the paper did)."
+            "help": "Condition on new vocabulary entries <|good|> / <|bad|> whose embedding rows "
+            "train, instead of the plain words (the paper's choice, the default)."
         },
     )
     multiturn_adapter: str | None = field(
         default=None,
         metadata={"help": "sft_after_multiturn: the adapter folder of a multiturn run."},
     )
+    max_image_tokens: int = field(
+        default=DEFAULT_MAX_IMAGE_TOKENS,
+        metadata={"help": "Cap on image tokens per image for dynamic-resolution models "
+                  "(Qwen2-VL, Qwen2.5-VL, Qwen3-VL), as in imagination and evaluation; 0 = as "
+                  "published."},
+    )  # fmt: skip
     merge: bool = field(
         default=False,
         metadata={"help": "Also save merged full weights (safetensors) in OUTPUT_DIR/merged."},

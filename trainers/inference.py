@@ -13,6 +13,7 @@ from pathlib import Path
 
 from pipeline.backends import Completion, Request
 from pipeline.backends.hf import HFBackend
+from pipeline.image_limits import processor_kwargs
 from trainers.collator import with_reward_token
 from trainers.config import RECORD_FILE
 
@@ -40,6 +41,7 @@ class TrainedModelBackend(HFBackend):
         dtype: str = "auto",
         trust_remote_code: bool = False,
         condition: bool = True,
+        max_image_tokens: int | None = None,
     ):
         """`condition=False` leaves the messages alone (the caller conditions them itself)."""
         self.record = read_record(trained)
@@ -50,20 +52,21 @@ class TrainedModelBackend(HFBackend):
         base = base or (self.record["base_model"] if is_adapter else trained)
         revision = (self.record or {}).get("base_revision") if is_adapter else None
         super().__init__(
-            base, batch_size, dtype, revision=revision, trust_remote_code=trust_remote_code
-        )
+            base, batch_size, dtype, revision=revision, trust_remote_code=trust_remote_code,
+            max_image_tokens=max_image_tokens,
+        )  # fmt: skip
         if is_adapter:
-            self._attach(trained)
+            self._attach(trained, processor_kwargs(base, max_image_tokens, revision))
         self.model_id = f"{base}+{trained}" if is_adapter else trained
         self.method = (self.record or {}).get("method")
 
-    def _attach(self, adapter: str) -> None:
+    def _attach(self, adapter: str, limits: dict) -> None:
         from peft import PeftModel
         from transformers import AutoProcessor
 
         if self.record and self.record.get("reward_special_tokens"):
             # The adapter's tokenizer holds the new reward tokens; the base needs their rows.
-            self.processor = AutoProcessor.from_pretrained(adapter)
+            self.processor = AutoProcessor.from_pretrained(adapter, **limits)
             self.processor.tokenizer.padding_side = "left"
             self.model.resize_token_embeddings(len(self.processor.tokenizer))
         self.model = PeftModel.from_pretrained(self.model, adapter).eval()

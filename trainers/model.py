@@ -6,9 +6,17 @@ import re
 
 from peft import LoraConfig
 
+from pipeline.image_limits import processor_kwargs
+from pipeline.tiny_model.families import family_of
 
-def load_model_and_processor(model_args, trust_remote_code: bool = False):
-    """`AutoModelForImageTextToText` + `AutoProcessor` from TRL's `ModelConfig` fields."""
+
+def load_model_and_processor(
+    model_args, trust_remote_code: bool = False, max_image_tokens: int | None = None
+):
+    """`AutoModelForImageTextToText` + `AutoProcessor` from TRL's `ModelConfig` fields.
+
+    The processor gets the same image-token cap as the backends (pipeline/image_limits.py).
+    """
     import torch
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
@@ -16,7 +24,10 @@ def load_model_and_processor(model_args, trust_remote_code: bool = False):
     if dtype in (None, "auto"):  # bf16 on GPUs; exact float32 on CPU, where bf16 is no faster
         dtype = "bfloat16" if torch.cuda.is_available() else "float32"
     common = dict(revision=model_args.model_revision, trust_remote_code=trust_remote_code)
-    processor = AutoProcessor.from_pretrained(model_args.model_name_or_path, **common)
+    limits = processor_kwargs(
+        model_args.model_name_or_path, max_image_tokens, model_args.model_revision
+    )
+    processor = AutoProcessor.from_pretrained(model_args.model_name_or_path, **common, **limits)
     model = AutoModelForImageTextToText.from_pretrained(
         model_args.model_name_or_path,
         dtype=getattr(torch, dtype),
@@ -26,24 +37,33 @@ def load_model_and_processor(model_args, trust_remote_code: bool = False):
     return model, processor
 
 
-def language_model_targets(modules: list[str]) -> str:
+# Where the language model sits when the family is not one we know (transformers 5 names).
+GENERIC_LANGUAGE_MODEL = r"(?:model\.)?(?:language_model|text_model)\."
+
+
+def language_model_targets(modules: list[str], model_type: str | None = None) -> str:
     """A PEFT target regex for `modules` inside the language model only, not the vision tower.
 
-    Both towers have `q_proj`/`k_proj`/`v_proj` in LLaVA (CLIP), so names alone would
-    adapt the vision encoder too; the paper adapted the language model only.
+    The vision towers have `q_proj`/`k_proj`/`v_proj` too (CLIP, SigLIP, InternViT), so
+    names alone would adapt the vision encoder; the paper adapted the language model only.
+    Where the language model sits is a family fact (`language_model` in the family file:
+    SmolVLM's is `model.text_model`).
     """
     names = "|".join(re.escape(m) for m in modules)
-    return rf".*language_model.*\.({names})$"
+    prefix = (family_of(model_type) or {}).get("language_model", GENERIC_LANGUAGE_MODEL)
+    return rf"^{prefix}(?:.*\.)?({names})$"
 
 
-def lora_config(model_args, trainable_token_ids: list[int] | None = None) -> LoraConfig:
+def lora_config(
+    model_args, trainable_token_ids: list[int] | None = None, model_type: str | None = None
+) -> LoraConfig:
     return LoraConfig(
         task_type="CAUSAL_LM",
         r=model_args.lora_r,
         lora_alpha=model_args.lora_alpha,
         lora_dropout=model_args.lora_dropout,
         target_modules=language_model_targets(
-            model_args.lora_target_modules or ["q_proj", "k_proj", "v_proj"]
+            model_args.lora_target_modules or ["q_proj", "k_proj", "v_proj"], model_type
         ),
         modules_to_save=model_args.lora_modules_to_save,
         bias="none",

@@ -10,8 +10,9 @@ import time
 from pathlib import Path
 
 from datasets import Dataset, DatasetDict
+from pipeline.chat import stop_token_ids
 from pipeline.formats import REWARDS
-from trainers.collator import CRLCollator
+from trainers.collator import PreferenceCollator, PromptCompletionCollator
 from trainers.config import METHODS, RECORD_FILE, MacaroonTrainConfig
 from trainers.data import (
     DataError,
@@ -46,8 +47,20 @@ def prepare_data(
 
 
 def reward_map(cfg: MacaroonTrainConfig) -> dict[str, str]:
-    """Dataset reward value -> the token that conditions it (`good` -> preferred)."""
-    return dict(zip(REWARDS, cfg.reward_tokens, strict=True))
+    """Dataset reward value -> the token that conditions it (`good` -> preferred).
+
+    With `--reward_special_tokens`, the inserted token is a new vocabulary entry spelled
+    `<|good|>`: a special token spelled `good` would also swallow the user's own "good" (in
+    "goodbye", "a good day") and vanish from it on decoding.
+    """
+    tokens = cfg.reward_tokens
+    if cfg.reward_special_tokens:
+        tokens = [special_spelling(t) for t in tokens]
+    return dict(zip(REWARDS, tokens, strict=True))
+
+
+def special_spelling(token: str) -> str:
+    return f"<|{token}|>"
 
 
 def _maybe(fn, value):
@@ -87,11 +100,14 @@ def train(cfg: MacaroonTrainConfig, model_args, args, general: DatasetDict | Non
         args.bf16 = (
             False  # no mixed-precision gain on CPU, and exact float32 learns the tiny models
         )
-    model, processor = load_model_and_processor(model_args, args.trust_remote_code)
+    model, processor = load_model_and_processor(
+        model_args, args.trust_remote_code, cfg.max_image_tokens
+    )
     token_ids = None
     if cfg.method == "crl" and cfg.reward_special_tokens:
-        token_ids = add_reward_tokens(model, processor, cfg.reward_tokens)
-    peft_config = lora_config(model_args, token_ids) if model_args.use_peft else None
+        token_ids = add_reward_tokens(model, processor, list(reward_map(cfg).values()))
+    model_type = model.config.model_type
+    peft_config = lora_config(model_args, token_ids, model_type) if model_args.use_peft else None
     if cfg.method == "sft_after_multiturn":
         from peft import PeftModel
 
@@ -116,7 +132,8 @@ def train(cfg: MacaroonTrainConfig, model_args, args, general: DatasetDict | Non
         "base_revision": model_args.model_revision,
         "reward_tokens": reward_map(cfg) if cfg.method == "crl" else None,
         "reward_special_tokens": bool(token_ids),
-        "conditioning": cfg.reward_tokens[0] if cfg.method == "crl" else None,
+        "conditioning": reward_map(cfg)["good"] if cfg.method == "crl" else None,
+        "max_image_tokens": cfg.max_image_tokens,
         "data": cfg.data,
         "general": cfg.general,
         "general_ratio": cfg.general_ratio,
@@ -140,24 +157,25 @@ def train(cfg: MacaroonTrainConfig, model_args, args, general: DatasetDict | Non
 
 
 def _trainer(cfg, model, processor, dataset, peft_config, args):
+    # Labels end on a token generation stops on, whatever the chat template writes.
+    stops = stop_token_ids(processor.tokenizer, model.generation_config)
     if METHODS[cfg.method][1] == "dpo":
         from trl import DPOTrainer
 
+        collator = PreferenceCollator(processor=processor, max_length=args.max_length,
+                                      stop_ids=stops)  # fmt: skip
         return DPOTrainer(
             model=model, args=args, train_dataset=dataset, processing_class=processor,
-            peft_config=peft_config,
+            peft_config=peft_config, data_collator=collator,
         )  # fmt: skip
     from trl import SFTTrainer
 
-    collator = None
-    if cfg.method == "crl":
-        collator = CRLCollator(
-            processor=processor,
-            max_length=args.max_length,
-            reward_tokens=reward_map(cfg),
-        )
-        # The collator needs the `reward` column, which TRL would otherwise drop as unused.
-        args.remove_unused_columns = False
+    collator = PromptCompletionCollator(
+        processor=processor, max_length=args.max_length, stop_ids=stops,
+        reward_tokens=reward_map(cfg),
+    )  # fmt: skip
+    # The collator reads the `reward` column, which TRL would otherwise drop as unused.
+    args.remove_unused_columns = False
     return SFTTrainer(
         model=model, args=args, train_dataset=dataset, processing_class=processor,
         peft_config=peft_config, data_collator=collator,
