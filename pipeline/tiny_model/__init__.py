@@ -28,7 +28,7 @@ ARCHS = family_names()
 SIZES = ("tiny", "small")
 # The marker that says a folder holds a finished build of these settings; bumped when the
 # build changes, so an old folder is rebuilt rather than reused.
-BUILD_VERSION = 2
+BUILD_VERSION = 3
 
 
 @dataclass

@@ -28,6 +28,13 @@ def build_tokenizer(spec: dict, vocab_size: int, texts: list[str]):
     special = list(spec.get("special", []))
     byte_fallback = spec.get("byte_fallback", False)
     backend = cls(**roles)._tokenizer  # the class's own model, normalizer and pre-tokenizer
+    if byte_fallback:
+        # SentencePiece vocabularies hold pieces within words ("▁What", never "at▁col"):
+        # learn the merges on words, then encode with the class's own pre-tokenizer.
+        backend.normalizer = None
+        backend.pre_tokenizer = pre_tokenizers.Metaspace(
+            replacement="▁", prepend_scheme=spec.get("prepend_scheme", "first"), split=True
+        )
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
         special_tokens=special + (BYTE_TOKENS if byte_fallback else []),
