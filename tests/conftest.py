@@ -67,17 +67,22 @@ def no_network(monkeypatch):
 
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory):
-    """tiny_model(arch, size="tiny") -> folder of a built model, built once per session."""
+    """tiny_model(arch, size="tiny", images="reduced") -> folder of a model built once a session.
+
+    Tests use reduced images (a few tokens per image) for speed unless they check the
+    published image settings themselves.
+    """
     from pipeline.tiny_model import TinyModelConfig, build_tiny_model
 
     root = tmp_path_factory.mktemp("models")
-    built: dict[tuple[str, str], Path] = {}
+    built: dict[tuple[str, str, str], Path] = {}
 
-    def get(arch: str = "llava", size: str = "tiny") -> Path:
-        if (arch, size) not in built:
-            cfg = TinyModelConfig(arch=arch, size=size, out=str(root / f"{arch}-{size}"))
-            built[(arch, size)] = build_tiny_model(cfg)
-        return built[(arch, size)]
+    def get(arch: str = "llava", size: str = "tiny", images: str = "reduced") -> Path:
+        if (arch, size, images) not in built:
+            out = root / f"{arch}-{size}-{images}"
+            cfg = TinyModelConfig(arch=arch, size=size, images=images, out=str(out))
+            built[(arch, size, images)] = build_tiny_model(cfg)
+        return built[(arch, size, images)]
 
     return get
 

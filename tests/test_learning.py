@@ -1,8 +1,12 @@
-"""Learning tests on the `small` local model, CPU only: training must do what it claims.
+"""Learning tests on the `small` local models, CPU only: training must do what it claims.
 
 The data is templated: whatever the image or question, the preferred answer is one
 sentence and the rejected answer another, so what the model learns is visible in its
 greedy output on images and questions it never saw.
+
+CRL runs on two families: LLaVA-NeXT, whose Llama tokenizer adds BOS, with the template
+it was published with until 2025, which ends answers with the text "<\\s> " instead of EOS
+(a model trained on that text never learns to stop); and Qwen2-VL (ChatML).
 """
 
 import json
@@ -26,17 +30,31 @@ QUESTIONS = ["What colour is the mug?", "How big is the dog?", "Is the lamp on?"
 
 
 @pytest.fixture(scope="module")
-def setup(tiny_model, tmp_path_factory):
+def data(tmp_path_factory):
     root = tmp_path_factory.mktemp("learning")
     extra = random_images(root / "random", 40)  # visual variety: learn the text, not the image
-    data = save_templated(root / "data", image_names=range(1, 10), questions=QUESTIONS,
+    return save_templated(root / "data", image_names=range(1, 10), questions=QUESTIONS,
                           extra_images=extra)  # fmt: skip
-    return tiny_model("llava", "small"), data, root
+
+
+@pytest.fixture(scope="module")
+def setup(tiny_model, data):
+    return tiny_model("llava", "small"), data, data.parent
+
+
+def with_old_llava_next_template(folder, target):
+    """A copy of a LLaVA-NeXT build carrying the template published before 2025."""
+    shutil.copytree(folder, target)
+    template = target / "chat_template.jinja"
+    text = template.read_text()
+    assert "eos_token + ' '" in text
+    template.write_text(text.replace("eos_token + ' '", "'<\\\\s> '"))
+    return target
 
 
 def train(method, setup, steps, learning_rate, *extra):
     model, data, root = setup
-    out = root / method
+    out = root / f"{method}-{model.name}"
     shutil.rmtree(out, ignore_errors=True)
     argv = ["train", "--config", f"configs/train/{method}.yaml", "--data", str(data),
             "--model_name_or_path", str(model), "--output_dir", str(out), "--max_steps", str(steps),
@@ -53,24 +71,37 @@ def held_out_requests():
         Request(
             [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": q}]}],
             (image,),
-            Sampling(max_tokens=16),
+            Sampling(max_tokens=24),
         )
         for image in images(range(10, 13))
         for q in HELD_OUT_QUESTIONS
     ]
 
 
-def test_crl_reward_token_steers_the_output(setup):
+@pytest.mark.parametrize("arch", ["llava-next", "qwen2-vl"])
+def test_crl_reward_token_steers_the_output_and_the_model_stops(tiny_model, data, arch):
+    from pipeline.backends import generate_in_order
     from trainers.inference import TrainedModelBackend
 
-    backend = TrainedModelBackend(str(train("crl", setup, 300, 2e-3)))
+    model = tiny_model(arch, "small")
+    if arch == "llava-next":
+        model = with_old_llava_next_template(model, data.parent / "llava-next-2024")
+        from transformers import AutoProcessor
+
+        turn = [{"role": "user", "content": [{"type": "text", "text": "Hi"}]},
+                {"role": "assistant", "content": [{"type": "text", "text": "Yes."}]}]  # fmt: skip
+        rendered = AutoProcessor.from_pretrained(model).apply_chat_template(turn, tokenize=False)
+        assert rendered.endswith("Yes.<\\s> ")  # the text, not the EOS token
+    backend = TrainedModelBackend(str(train("crl", (model, data, data.parent), 300, 2e-3)))
     requests = held_out_requests()
     # The record says METHOD=crl, so the backend adds `good` by itself.
-    good = [c.text for c in sorted(backend.generate(requests), key=lambda c: c.index)]
+    good = generate_in_order(backend, requests)
     backend.record = {**backend.record, "conditioning": "bad"}
-    bad = [c.text for c in sorted(backend.generate(requests), key=lambda c: c.index)]
-    assert good == [PREFERRED] * len(requests)
-    assert bad == [REJECTED] * len(requests)
+    bad = generate_in_order(backend, requests)
+    assert [c.text for c in good] == [PREFERRED] * len(requests)
+    assert [c.text for c in bad] == [REJECTED] * len(requests)
+    # Under both tokens the answer ends on a stop token, well before max_tokens.
+    assert {c.finish_reason for c in good + bad} == {"stop"}
 
 
 def test_dpo_raises_the_reward_margin_and_accuracy(setup):

@@ -7,10 +7,12 @@ import torch
 from safetensors import safe_open
 from train_data import PREFERRED, REJECTED, save_templated, templated_rows
 
+from pipeline.backends import Request
 from pipeline.cli import main
 from pipeline.formats import to_dataset_dict
 from trainers.collator import CRLCollator
 from trainers.data import mix
+from trainers.inference import conditioned
 
 FAST = ["--max_steps", "2", "--per_device_train_batch_size", "2", "--gradient_accumulation_steps",
         "1", "--gradient_checkpointing", "false", "--warmup_steps", "0", "--save_strategy", "no",
@@ -129,16 +131,27 @@ def sample_image_path():
 
 
 def test_new_special_reward_tokens_train_their_rows(tiny_model, data, tmp_path):
-    from transformers import AutoTokenizer
+    from trainers.inference import TrainedModelBackend
 
     out = tmp_path / "crl"
-    assert train("crl", tiny_model("llava"), data, out, "--reward_special_tokens", "true",
-                 "--reward_tokens", "<|good|>", "<|bad|>") == 0  # fmt: skip
-    tokenizer = AutoTokenizer.from_pretrained(out)
-    ids = tokenizer.convert_tokens_to_ids(["<|good|>", "<|bad|>"])
-    assert tokenizer.convert_ids_to_tokens(ids) == ["<|good|>", "<|bad|>"]
+    assert train("crl", tiny_model("llava"), data, out, "--reward_special_tokens", "true") == 0
     with safe_open(out / "adapter_model.safetensors", "pt") as f:
         assert any("token_adapter" in k or "trainable_tokens" in k for k in f.keys())
+    backend = TrainedModelBackend(str(out))
+    assert backend.record["conditioning"] == "<|good|>"
+    tokenizer = backend.processor.tokenizer
+    special = tokenizer.convert_tokens_to_ids(["<|good|>", "<|bad|>"])
+    assert tokenizer.convert_ids_to_tokens(special) == ["<|good|>", "<|bad|>"]
+    # The user's own words stay words: only the inserted token is special.
+    words = "goodbye, a bad day and a good one"
+    ids = tokenizer(words, add_special_tokens=False)["input_ids"]
+    assert not set(ids) & set(special)
+    assert tokenizer.decode(ids, skip_special_tokens=True) == words
+    question = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": words}]}]
+    request = Request(conditioned(question, backend.record), (sample_image_path(),))
+    sent = backend.encode([request])["input_ids"][0].tolist()
+    assert sent.count(special[0]) == 1 and special[1] not in sent
+    assert words in tokenizer.decode(sent, skip_special_tokens=True)
 
 
 def test_general_data_mixing_keeps_all_general_and_samples_the_rest():
