@@ -12,8 +12,18 @@ from evaluation.metrics import FAILED, UNPARSED, summarize, type_metrics
 from evaluation.pie import load_pie
 from evaluation.report import browse, plot, table
 from pipeline import DEFAULT_CRITERIA_DIR, DEFAULT_PROMPTS_DIR, DEFAULT_SAMPLES_DIR
-from pipeline.backends import Backend, BackendConfig, Request, Sampling, close_backend, open_backend
+from pipeline.backends import (
+    Backend,
+    BackendConfig,
+    Request,
+    Sampling,
+    backend_identity,
+    close_backend,
+    open_backend,
+)
 from pipeline.criteria import load_criteria
+from pipeline.fingerprint import folder_hash, model_identity
+from pipeline.image_limits import processor_kwargs
 from pipeline.judge import judge_item, load_judge_template, parse_verdict
 from pipeline.lock import folder_lock
 from pipeline.runner import Item, StageStats, pending, run_stage, stored_stats
@@ -29,8 +39,15 @@ class EvalConfig(BackendConfig):
     """`macaroon eval`: the model under test on PIE, judged by a rubric per question type."""
 
     adapter: str | None = field(
-        default=None, metadata={"help": "A `make train` output folder (hf backend); its METHOD "
-                                "decides the conditioning (CRL: `good`)."},
+        default=None, metadata={"help": "A `make train` output folder or one of its "
+                                "checkpoint-N (hf backend); its METHOD decides the "
+                                "conditioning (CRL: `good`)."},
+    )  # fmt: skip
+    conditioning: str | None = field(
+        default=None,
+        metadata={"help": "The reward token put before each question (`good`), or `none`. "
+                  "Unset: what the model's macaroon.json says; an adapter without one is "
+                  "an error unless this says what to do."},
     )  # fmt: skip
     pie: str = field(
         default=str(DEFAULT_SAMPLES_DIR / "evaluation_dataset.jsonl"),
@@ -132,7 +149,34 @@ def write_reports(runs: list[dict], types: list[str], out: Path) -> None:
 
 
 def _conditioning(cfg: EvalConfig) -> dict | None:
-    return read_record(cfg.adapter) if cfg.adapter else read_record(cfg.model)
+    """The training record of the model under test, its `conditioning` as this run uses it."""
+    record = read_record(cfg.adapter) if cfg.adapter else read_record(cfg.model)
+    if cfg.conditioning is not None:
+        token = None if cfg.conditioning == "none" else cfg.conditioning
+        return {**(record or {}), "conditioning": token}
+    if cfg.adapter and record is None:
+        raise ValueError(
+            f"{cfg.adapter}: no macaroon.json says how this adapter was trained, so whether "
+            "questions need the reward token is unknown; pass --conditioning good (trained "
+            "with CRL) or --conditioning none"
+        )
+    return record
+
+
+def _answerer_identity(cfg: EvalConfig, record: dict | None) -> dict:
+    """What decides the answers (pipeline/fingerprint.py): the adapter's weights and its
+    base model's content or revision, or the model's; never its folder's name."""
+    if not cfg.adapter:
+        return backend_identity(cfg)
+    record = record or {}
+    base = cfg.model if cfg.model != BackendConfig.model else record.get("base_model")
+    if not base:
+        raise ValueError(f"{cfg.adapter}: its base model is unknown; pass --model BASE")
+    return {
+        "base": model_identity(base, record.get("base_revision")),
+        "adapter": folder_hash(cfg.adapter),
+        "processor": processor_kwargs(base, cfg.max_image_tokens, record.get("base_revision")),
+    }
 
 
 def _answer_backend(cfg: EvalConfig) -> Backend:
@@ -147,20 +191,20 @@ def _answer_backend(cfg: EvalConfig) -> Backend:
     base = None if cfg.model == BackendConfig.model else cfg.model
     return TrainedModelBackend(
         cfg.adapter, base, cfg.batch_size, cfg.dtype, condition=False,
-        max_image_tokens=cfg.max_image_tokens,
+        max_image_tokens=cfg.max_image_tokens, record=_conditioning(cfg),
     )  # fmt: skip
 
 
 def _generate(cfg, items, out, stats, run) -> dict[str, dict]:
     record = _conditioning(cfg)
-    model_id = cfg.model + (f"+{cfg.adapter}" if cfg.adapter else "")
+    answerer = _answerer_identity(cfg, record)
     sampling = Sampling(max_tokens=cfg.max_tokens, temperature=cfg.temperature, seed=cfg.seed)
     work = []
     for item in items:
         content = [{"type": "image"}, {"type": "text", "text": item.question}]
         messages = conditioned([{"role": "user", "content": content}], record)
         key = record_key(
-            stage="generate", model=model_id, image=file_hash(item.image), messages=messages,
+            stage="generate", model=answerer, image=file_hash(item.image), messages=messages,
             sampling=sampling.__dict__,
         )  # fmt: skip
         fields = {
@@ -191,13 +235,18 @@ def _judge(cfg, types, items, answers, out, stats, run) -> dict[str, dict]:
         qtype = types[item.question_type]
         fields = {"image_id": item.image_id, "question": item.question,
                   "question_type": item.question_type, "response_key": answer["key"]}  # fmt: skip
-        work.append(judge_item(template, qtype, item.image, item.question, answer["text"],
-                               cfg.judge_model, sampling, fields, structured))  # fmt: skip
         owners.append(f"{item.image_id}\0{item.question}")
+        work.append((qtype, item, answer, fields))
     judge_cfg = replace(
         cfg, backend=cfg.judge_backend, model=cfg.judge_model, base_url=cfg.judge_base_url,
         api_key_env=cfg.judge_api_key_env, concurrency=cfg.judge_concurrency, adapter=None,
     )  # fmt: skip
+    judge = backend_identity(judge_cfg) if work else {}
+    work = [
+        judge_item(template, qtype, item.image, item.question, answer["text"], judge, sampling,
+                   fields, structured)
+        for qtype, item, answer, fields in work
+    ]  # fmt: skip
     with RecordStore(out / "judgments.jsonl") as store:
         _stage("judge", work, lambda: open_backend(judge_cfg), store, cfg, stats, run)
         return {owner: store.get(w.key) for owner, w in zip(owners, work, strict=True)}

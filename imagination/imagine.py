@@ -13,7 +13,14 @@ from imagination.prompts import load_templates
 from imagination.questions import clean_question, question_items, user_questions
 from imagination.responses import KINDS, response_items
 from pipeline import DEFAULT_CRITERIA_DIR, DEFAULT_PROMPTS_DIR, DEFAULT_SAMPLES_DIR
-from pipeline.backends import Backend, BackendConfig, Sampling, close_backend, open_backend
+from pipeline.backends import (
+    Backend,
+    BackendConfig,
+    Sampling,
+    backend_identity,
+    close_backend,
+    open_backend,
+)
 from pipeline.criteria import criteria_hash, load_criteria
 from pipeline.images import list_images
 from pipeline.judge import judge_item, load_judge_template, parse_verdict
@@ -159,9 +166,10 @@ def _judge(cfg: ImagineConfig, types, out: Path, stats: list[StageStats]):
     structured = cfg.judge_structured and cfg.judge_backend == "openai"
 
     def judge(pairs: list[dict]) -> list[str | None]:
+        judge_identity = backend_identity(judge_cfg)
         items = [
             judge_item(template, types[p["question_type"]], p["image"], p["question"], p[kind],
-                       judge_cfg.model, sampling, structured=structured)
+                       judge_identity, sampling, structured=structured)
             for p in pairs for kind in KINDS
         ]  # fmt: skip
         lazy = _LazyBackend(judge_cfg)
@@ -228,7 +236,7 @@ def _questions(cfg, types, templates, lazy, out, stats) -> list[dict]:
         return rows
     images = list_images(cfg.images)
     items = question_items(
-        images, types, templates["question"], cfg.model, cfg.questions_per_type,
+        images, types, templates["question"], backend_identity(cfg), cfg.questions_per_type,
         _stage_sampling(cfg, "question"),
     )  # fmt: skip
     with RecordStore(out / "questions.jsonl") as store:
@@ -243,7 +251,7 @@ def _questions(cfg, types, templates, lazy, out, stats) -> list[dict]:
 
 def _responses(cfg, types, templates, questions, lazy, out, stats) -> dict:
     items = response_items(
-        [q for q in questions if q["question"]], types, templates, cfg.model,
+        [q for q in questions if q["question"]], types, templates, backend_identity(cfg),
         _stage_sampling(cfg, "response"),
     )  # fmt: skip
     with RecordStore(out / "responses.jsonl") as store:

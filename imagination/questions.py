@@ -19,7 +19,7 @@ def question_items(
     images: Sequence[Path],
     types: dict[str, QuestionType],
     template: str,
-    model_id: str,
+    model: dict,  # what identifies the model (pipeline.backends.backend_identity)
     per_type: int,
     sampling: Sampling,
 ) -> list[Item]:
@@ -33,7 +33,7 @@ def question_items(
                 seeded = replace(sampling, seed=sampling.seed + sample)
                 key = record_key(
                     stage="questions", image=image_hash, type=qtype.name, prompt=prompt,
-                    model=model_id, sampling=seeded.__dict__,
+                    model=model, sampling=seeded.__dict__,
                 )  # fmt: skip
                 fields = _fields(image, image_hash, qtype) | {"sample": sample}
                 items.append(Item(key, Request(chat(prompt), (image,), seeded), fields))

@@ -18,7 +18,7 @@ def response_items(
     questions: Sequence[dict],
     types: dict[str, QuestionType],
     templates: dict[str, str],
-    model_id: str,
+    model: dict,  # what identifies the model (pipeline.backends.backend_identity)
     sampling: Sampling,
 ) -> list[Item]:
     """Two items per question record (which carries image, question_type and question)."""
@@ -29,7 +29,7 @@ def response_items(
             prompt = render(templates[kind], qtype, question=question["question"])
             key = record_key(
                 stage="responses", kind=kind, image=question["image_hash"], type=qtype.name,
-                prompt=prompt, model=model_id, sampling=sampling.__dict__,
+                prompt=prompt, model=model, sampling=sampling.__dict__,
             )  # fmt: skip
             fields = {
                 "kind": kind,

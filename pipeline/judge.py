@@ -45,20 +45,22 @@ def judge_item(
     image: str | Path,
     question: str,
     response: str,
-    judge_model: str,
+    judge: dict | str,
     sampling: Sampling,
     fields: dict | None = None,
     structured: bool = False,
 ) -> Item:
-    """One judge request. `structured`: constrain the reply to `verdict_format(qtype)`; only
-    for backends that send it (openai), since the format is part of the key."""
+    """One judge request. `judge` identifies the judge model in the key
+    (pipeline.backends.backend_identity). `structured`: constrain the reply to
+    `verdict_format(qtype)`; only for backends that send it (openai), since the format is
+    part of the key."""
     prompt = render_judge(template, qtype, question, response)
     response_format = verdict_format(qtype) if structured else None
     # The format changes what the judge may say, so it is keyed; left out when unset so the
     # keys of unstructured judgments stay what they were.
     constraint = {"response_format": response_format} if response_format else {}
     key = record_key(
-        stage="judge", judge=judge_model, rubric=qtype.content_hash, image=file_hash(image),
+        stage="judge", judge=judge, rubric=qtype.content_hash, image=file_hash(image),
         question=question, response=response, prompt=prompt, sampling=sampling.__dict__,
         **constraint,
     )  # fmt: skip

@@ -3,6 +3,7 @@
 import ipaddress
 import os
 import socket
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,8 @@ for name, value in {
     "VLLM_NO_USAGE_STATS": "1",
     "DO_NOT_TRACK": "1",
     "TOKENIZERS_PARALLELISM": "false",
+    # Model-file hashes of tests stay out of the user's cache (pipeline/fingerprint.py).
+    "MACAROON_CACHE_DIR": tempfile.mkdtemp(prefix="macaroon-cache-"),
 }.items():
     os.environ.setdefault(name, value)
 

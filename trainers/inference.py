@@ -42,14 +42,16 @@ class TrainedModelBackend(HFBackend):
         trust_remote_code: bool = False,
         condition: bool = True,
         max_image_tokens: int | None = None,
+        record: dict | None = None,
     ):
-        """`condition=False` leaves the messages alone (the caller conditions them itself)."""
-        self.record = read_record(trained)
+        """`condition=False` leaves the messages alone (the caller conditions them itself);
+        `record` replaces the folder's own training record (evaluation's --conditioning)."""
+        self.record = record if record is not None else read_record(trained)
         self.condition = condition
         is_adapter = (Path(trained) / "adapter_config.json").is_file()
-        if is_adapter and not (base or self.record):
+        base = (base or (self.record or {}).get("base_model")) if is_adapter else trained
+        if not base:
             raise ValueError(f"{trained}: an adapter without {RECORD_FILE}: pass the base model")
-        base = base or (self.record["base_model"] if is_adapter else trained)
         revision = (self.record or {}).get("base_revision") if is_adapter else None
         super().__init__(
             base, batch_size, dtype, revision=revision, trust_remote_code=trust_remote_code,

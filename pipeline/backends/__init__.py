@@ -8,6 +8,7 @@ chat layout, with `{"type": "image"}` parts filled from `Request.images` in orde
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -140,6 +141,25 @@ class BackendConfig:
                   "servers such as vLLM take and OpenAI's API refuses (openai). Unset: everywhere "
                   "but api.openai.com, so a server's model defaults never replace ours."},
     )  # fmt: skip
+
+
+def backend_identity(cfg: BackendConfig) -> dict:
+    """What of `cfg` decides the model's text, for record keys (pipeline/fingerprint.py).
+
+    The model's content or resolved revision, and the image-token cap where it changes the
+    prompt; never batch size, concurrency or retries.
+    """
+    from pipeline.fingerprint import is_model_folder, model_identity
+    from pipeline.image_limits import processor_kwargs
+
+    local = is_model_folder(cfg.model)
+    endpoint = None
+    if cfg.backend == "openai" and not local:
+        endpoint = cfg.base_url or os.environ.get("OPENAI_BASE_URL") or "https://api.openai.com/v1"
+    identity = model_identity(cfg.model, cfg.revision, endpoint)
+    if local or cfg.backend != "openai":
+        identity["processor"] = processor_kwargs(cfg.model, cfg.max_image_tokens, cfg.revision)
+    return identity
 
 
 def open_backend(cfg: BackendConfig, extra_body: dict | None = None) -> Backend:
