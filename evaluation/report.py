@@ -34,10 +34,11 @@ def table(runs: list[dict], types: list[str]) -> str:
              "Rate.", ""]  # fmt: skip
     notes += DEFINITIONS.splitlines()
     health = [
-        f"- {r['name']}: judge unparsed {r['unparsed']} and failed {r['failed']} of {r['n']}"
+        f"- {r['name']}: judge unparsed {r['unparsed']} and failed {r['failed']} of {r['n']}; "
+        f"{r.get('truncated', '?')} answers cut off by the token limit"
         for r in runs
     ]
-    return "\n".join(lines + notes + ["", "Judge health:", *health]) + "\n"
+    return "\n".join(lines + notes + ["", "Health:", *health]) + "\n"
 
 
 def _rate_rows(runs: list[dict], types: list[str], suffix: str) -> list[str]:

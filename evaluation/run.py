@@ -282,6 +282,11 @@ def _metrics(cfg, types, items, answers, verdicts, stats) -> dict:
             )
     usage = [v.get("usage") or [0, 0] for v in verdicts.values() if v]
     record = _conditioning(cfg) or {}
+    # Answers cut off by --max_tokens are judged as they are, and counted here.
+    for name, metrics in per_type.items():
+        mine = [answers.get(f"{i.image_id}\0{i.question}") for i in items
+                if i.question_type == name]  # fmt: skip
+        metrics["truncated"] = sum(1 for a in mine if a and a.get("finish_reason") == "length")
     return {
         "name": cfg.name,
         "types": per_type,
@@ -289,6 +294,7 @@ def _metrics(cfg, types, items, answers, verdicts, stats) -> dict:
         "n": len(items),
         "unparsed": sum(m["unparsed"] for m in per_type.values()),
         "failed": sum(m["failed"] for m in per_type.values()),
+        "truncated": sum(m["truncated"] for m in per_type.values()),
         "model": {"model": cfg.model, "adapter": cfg.adapter, "method": record.get("method"),
                   "conditioning": record.get("conditioning"), "backend": cfg.backend,
                   "max_tokens": cfg.max_tokens, "temperature": cfg.temperature, "seed": cfg.seed},

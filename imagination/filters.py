@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterable
 
 DROP_REASONS = (
     "missing_response",  # one of the two responses failed to generate
+    "truncated",  # a response was cut off by the token limit (--response_max_tokens)
     "empty",
     "too_long",
     "duplicate",
@@ -29,6 +30,9 @@ def pair_up(questions: Iterable[dict], responses: dict[tuple[str, str], dict]) -
                 "preferred": preferred["text"] if preferred else None,
                 "rejected": rejected["text"] if rejected else None,
                 "response_keys": [r["key"] for r in (preferred, rejected) if r],
+                "truncated": any(
+                    r.get("finish_reason") == "length" for r in (preferred, rejected) if r
+                ),
             }
         )
     return pairs
@@ -64,6 +68,8 @@ def _drop_reason(pair: dict, max_chars: int, seen: set) -> str | None:
         return "empty"
     if preferred is None or rejected is None:
         return "missing_response"
+    if pair.get("truncated"):
+        return "truncated"
     if not preferred.strip() or not rejected.strip():
         return "empty"
     if len(preferred) > max_chars or len(rejected) > max_chars:

@@ -242,12 +242,18 @@ def eval_report(metrics: dict, out: str) -> str:
     for name, m in metrics["types"].items():
         lines.append(
             f"  {name:<28} align {_rate(m['align_rate_all'])} / {_rate(m['align_rate'])}  "
-            f"(n {m['n']}, unparsed {m['unparsed']}, failed {m['failed']})"
+            f"(n {m['n']}, unparsed {m['unparsed']}, failed {m['failed']}, "
+            f"cut off {m.get('truncated', 0)})"
         )
     lines.append(
         f"  AAR {_rate(metrics['aar_all'], 3)} over all items (the original code's convention, "
         f"comparable to the paper's 0.84); {_rate(metrics['aar'], 3)} over judged items"
     )
+    if metrics.get("truncated"):
+        lines.append(
+            f"  {metrics['truncated']} of {metrics['n']} answers hit --max_tokens and were "
+            "judged as cut off; raise it if that is not what you meant to test"
+        )
     lines.append(f"  results in {out} (metrics.json, table.md, plot.png, browse.html)")
     return "\n".join(lines)
 

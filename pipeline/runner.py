@@ -79,6 +79,9 @@ def run_stage(
                 record.update(status=FAILED, text=None, error=completion.error)
                 stats.failed += 1
             record["usage"] = [completion.prompt_tokens, completion.completion_tokens]
+            # "length": cut off by max_tokens. Such a text is kept, and flagged, so that
+            # filters and reports can say so instead of treating it as a finished answer.
+            record["finish_reason"] = completion.finish_reason
             stats.completion_tokens += completion.completion_tokens
             store.append(record)
             bar.update()

@@ -132,7 +132,12 @@ class StubServer:
     def _completion(self, body: dict) -> dict:
         text = self.reply(body) if callable(self.reply) else self.reply
         prompt_tokens = len(last_user_text(body).split())
-        completion_tokens = len(text.split())
+        # Like a real server, a reply longer than max_tokens (a "token" here is a word) is
+        # cut there and says so.
+        words, limit, finish = text.split(), body.get("max_tokens"), "stop"
+        if limit and len(words) > limit:
+            text, finish = " ".join(words[:limit]), "length"
+        completion_tokens = min(len(words), limit or len(words))
         return {
             "id": f"chatcmpl-stub-{next(self._ids)}",
             "object": "chat.completion",
@@ -142,7 +147,7 @@ class StubServer:
                 {
                     "index": 0,
                     "message": {"role": "assistant", "content": text},
-                    "finish_reason": "stop",
+                    "finish_reason": finish,
                 }
             ],
             "usage": {

@@ -217,3 +217,17 @@ def test_make_eval_with_the_tiny_model_and_a_local_judge_server(tiny_model, tmp_
     assert "started a vLLM server" in done.stdout
     for name in ("table.md", "plot.png", "browse.html"):
         assert (tmp_path / name).is_file()
+
+
+def test_answers_cut_off_by_the_token_limit_are_counted(stub, tmp_path, capsys):
+    # The model under test echoes the prompt ("ECHO: " + question): the 11 questions of
+    # more than ten words hit --max_tokens 11.
+    assert run(stub, tmp_path, "--max_tokens", "11") == 0
+    answers = [json.loads(line) for line in (tmp_path / "generations.jsonl").open()]
+    cut = [a for a in answers if a["finish_reason"] == "length"]
+    assert len(cut) == 11 and len(answers) == 24
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["truncated"] == len(cut)
+    assert sum(t["truncated"] for t in metrics["types"].values()) == len(cut)
+    assert f"{len(cut)} answers cut off by the token limit" in (tmp_path / "table.md").read_text()
+    assert f"{len(cut)} of 24 answers hit --max_tokens" in capsys.readouterr().out

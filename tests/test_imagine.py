@@ -186,3 +186,28 @@ def test_kill_9_then_rerun_loses_and_duplicates_nothing(tiny_model, tmp_path, st
         assert {r["key"] for r in whole} == set(keys), f"{name}: records lost or extra"
         texts = {r["key"]: r["text"] for r in whole}
         assert all(texts[r["key"]] == r["text"] for r in again), f"{name}: content differs"
+
+
+def test_responses_cut_off_by_the_token_limit_are_dropped_and_counted(images, tmp_path):
+    """A response that hit --response_max_tokens is not trained on: dropped as truncated."""
+    from openai_stub import last_user_text, stub_server
+
+    def reply(body):
+        text = last_user_text(body)
+        if "Question type:" in text:  # one question per type, so none is a duplicate
+            return f"What about {text.split('Question type: ')[1].split(' (')[0]}?"
+        if "engaged assistant" in text and "Unanswerable" in text:
+            return "I cannot tell from this image, because the box is closed and " * 3
+        return "Which one do you mean?" if "engaged assistant" in text else "It is red."
+
+    with stub_server(reply=reply) as stub:
+        summary = run_imagine(ImagineConfig(
+            backend="openai", model="stub", base_url=stub.base_url, images=str(images),
+            out=str(tmp_path / "out"), response_max_tokens=12, progress=False,
+        ))  # fmt: skip
+    records = [json.loads(line) for line in (tmp_path / "out" / "responses.jsonl").open()]
+    cut = [r for r in records if r["finish_reason"] == "length"]
+    assert cut and all(r["question_type"] == "Unanswerable Questions" for r in cut)
+    assert summary["dropped"]["truncated"] == len(cut) == 3
+    card = (tmp_path / "out" / "dataset" / "README.md").read_text()
+    assert "truncated 3" in card
