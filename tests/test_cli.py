@@ -61,10 +61,11 @@ def test_criteria_command_lists_types(capsys):
     assert all(name in out for name in PIE_TYPES) and "6 question types" in out
 
 
-def test_config_reference_is_current():
+def test_generated_docs_are_current():
     from conftest import REPO
 
-    from pipeline.cli import config_reference
+    from pipeline.docs import config_reference, models_reference
 
-    committed = (REPO / "docs" / "CONFIG.md").read_text()
-    assert committed == config_reference(), "run `macaroon docs` and commit docs/CONFIG.md"
+    for name, page in (("CONFIG.md", config_reference), ("MODELS.md", models_reference)):
+        committed = (REPO / "docs" / name).read_text()
+        assert committed == page(), f"run `macaroon docs` and commit docs/{name}"
