@@ -42,6 +42,7 @@ def filter_pairs(
     pairs: Iterable[dict],
     max_chars: int,
     judge: Callable[[list[dict]], list[str | None]] | None = None,
+    drop_truncated: bool = True,
 ) -> tuple[list[dict], Counter]:
     """The pairs worth training on, and a count of the others by reason.
 
@@ -50,7 +51,7 @@ def filter_pairs(
     """
     kept, drops, seen = [], Counter(), set()
     for pair in pairs:
-        reason = _drop_reason(pair, max_chars, seen)
+        reason = _drop_reason(pair, max_chars, seen, drop_truncated)
         if reason:
             drops[reason] += 1
         else:
@@ -62,13 +63,13 @@ def filter_pairs(
     return kept, drops
 
 
-def _drop_reason(pair: dict, max_chars: int, seen: set) -> str | None:
+def _drop_reason(pair: dict, max_chars: int, seen: set, drop_truncated: bool) -> str | None:
     preferred, rejected = pair.get("preferred"), pair.get("rejected")
     if not pair["question"].strip():
         return "empty"
     if preferred is None or rejected is None:
         return "missing_response"
-    if pair.get("truncated"):
+    if drop_truncated and pair.get("truncated"):
         return "truncated"
     if not preferred.strip() or not rejected.strip():
         return "empty"

@@ -54,6 +54,11 @@ class ImagineConfig(BackendConfig):
     top_p: float = field(default=0.95, metadata={"help": "Nucleus sampling (temperature > 0)."})
     seed: int = field(default=0, metadata={"help": "Sampling seed (part of every key)."})
     max_response_chars: int = field(default=2000, metadata={"help": "Longer pairs are dropped."})
+    drop_truncated: bool = field(
+        default=True,
+        metadata={"help": "Drop pairs whose response hit --response_max_tokens (cut off "
+                  "mid-answer); false keeps them (the demo's random model never stops)."},
+    )  # fmt: skip
     judge_filter: bool = field(
         default=False,
         metadata={
@@ -124,7 +129,7 @@ def _imagine(cfg: ImagineConfig, out: Path) -> dict:
         lazy.close()
     pairs = pair_up(questions, responses)
     judge = _judge(cfg, types, out, stats) if cfg.judge_filter else None
-    kept, dropped = filter_pairs(pairs, cfg.max_response_chars, judge)
+    kept, dropped = filter_pairs(pairs, cfg.max_response_chars, judge, cfg.drop_truncated)
     card = {
         "model": cfg.model,
         "backend": cfg.backend,
