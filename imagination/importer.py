@@ -360,7 +360,7 @@ def _card(summary: dict) -> str:
 
 These rows came from the original MACAROON training files (Wu et al., EMNLP 2024 Findings,
 arXiv 2406.14137), converted by `imagination/importer.py` into this project's layouts
-(DESIGN.md §2). The images are embedded; load with `datasets.load_from_disk`.
+(docs/DESIGN.md §2). The images are embedded; load with `datasets.load_from_disk`.
 
 | config | rows |
 |---|---|

@@ -312,14 +312,35 @@ class DocsConfig:
     out: str = field(default="docs", metadata={"help": "Folder to write them in."})
 
 
+def command_configs() -> list[tuple[str, type]]:
+    """Each command's config dataclass, for docs/CONFIG.md."""
+    from evaluation.run import EvalConfig
+    from imagination.imagine import ImagineConfig
+    from pipeline.tiny_model import TinyModelConfig
+    from trainers.config import MacaroonTrainConfig
+
+    return [
+        ("macaroon imagine / build", ImagineConfig),
+        ("macaroon train (ours; then TRL's ModelConfig and SFTConfig or DPOConfig)",
+         MacaroonTrainConfig),
+        ("macaroon eval / generate / judge", EvalConfig),
+        ("macaroon report", ReportConfig),
+        ("macaroon import", ImportConfig),
+        ("macaroon demo", DemoConfig),
+        ("macaroon tiny-model", TinyModelConfig),
+        ("macaroon criteria", CriteriaConfig),
+    ]  # fmt: skip
+
+
 def cmd_docs(argv: Sequence[str]) -> int:
     from pipeline.docs import config_reference, models_reference
 
     (cfg,) = parse_config([DocsConfig], argv, "macaroon docs")
-    for name, page in (("CONFIG.md", config_reference), ("MODELS.md", models_reference)):
+    pages = {"CONFIG.md": config_reference(command_configs()), "MODELS.md": models_reference()}
+    for name, text in pages.items():
         path = Path(cfg.out) / name
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(page(), encoding="utf-8")
+        path.write_text(text, encoding="utf-8")
         print(f"wrote {path}")
     return 0
 

@@ -1,6 +1,6 @@
 """Question types as data: load, validate and hash the criteria YAML files.
 
-Each `*.yaml` file in a criteria folder describes one question type (DESIGN.md §1).
+Each `*.yaml` file in a criteria folder describes one question type (docs/DESIGN.md §1).
 Adding a type means dropping one more file there; nothing else changes.
 """
 

@@ -26,27 +26,15 @@ MATRIX = (
 )  # fmt: skip
 
 
-def config_reference() -> str:
-    """Every option of every command, from the dataclasses themselves."""
+def config_reference(sections: list[tuple[str, type]]) -> str:
+    """Every option of every command, from the dataclasses themselves.
+
+    `sections`: (title, config dataclass) per command, as the CLI knows them
+    (pipeline.cli.command_configs): this module sits on the ground floor and does not
+    import the stage packages.
+    """
     from trl import DPOConfig, ModelConfig, SFTConfig
 
-    from evaluation.run import EvalConfig
-    from imagination.imagine import ImagineConfig
-    from pipeline.cli import CriteriaConfig, DemoConfig, ImportConfig, ReportConfig
-    from pipeline.tiny_model import TinyModelConfig
-    from trainers.config import MacaroonTrainConfig
-
-    sections = [
-        ("macaroon imagine / build", ImagineConfig),
-        ("macaroon train (ours; then TRL's ModelConfig and SFTConfig or DPOConfig)",
-         MacaroonTrainConfig),
-        ("macaroon eval / generate / judge", EvalConfig),
-        ("macaroon report", ReportConfig),
-        ("macaroon import", ImportConfig),
-        ("macaroon demo", DemoConfig),
-        ("macaroon tiny-model", TinyModelConfig),
-        ("macaroon criteria", CriteriaConfig),
-    ]  # fmt: skip
     lines = [
         "# Configuration reference",
         "",

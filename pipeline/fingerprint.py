@@ -1,6 +1,6 @@
 """What a model is, for record keys: its content, not its name or folder.
 
-A key must change when the model that made a record changes, and only then (DESIGN §5).
+A key must change when the model that made a record changes, and only then (docs/DESIGN.md §6).
 Retraining an adapter into the same folder keeps its path but changes its weights; a Hub
 branch moves under the same name. So:
 

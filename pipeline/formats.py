@@ -1,6 +1,6 @@
 """The TRL-ready dataset layouts that `build` and `import` both write.
 
-One `DatasetDict`, one entry per training format (DESIGN.md §2):
+One `DatasetDict`, one entry per training format (docs/DESIGN.md §2):
 
 - `sft`: images, messages (user question, preferred answer)
 - `dpo`: images, prompt, chosen, rejected

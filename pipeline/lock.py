@@ -1,4 +1,4 @@
-"""One writer per output folder and per record file (DESIGN.md §5).
+"""One writer per output folder and per record file (docs/DESIGN.md §6).
 
 Two runs on one output folder would both generate everything and overwrite each other, so
 a run locks its folder, and a record store its file, for as long as it writes. The lock is

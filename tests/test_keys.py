@@ -1,4 +1,4 @@
-"""Record keys hold what determines a result and nothing that does not (DESIGN §5).
+"""Record keys hold what determines a result and nothing that does not (docs/DESIGN.md §6).
 
 Retraining an adapter into the same folder, moving a Hub revision or editing a model's
 chat template must make new answers; batch size, concurrency and the backend's retries

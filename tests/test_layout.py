@@ -1,4 +1,4 @@
-"""The repository's shape: what DESIGN.md §3 and the README promise a fresh clone has."""
+"""The repository's shape: what docs/DESIGN.md §3 and the README promise a fresh clone has."""
 
 import socket
 import subprocess
@@ -28,7 +28,7 @@ def test_stage_packages_import(package):
 
 
 def test_pipeline_does_not_import_stage_packages():
-    # pipeline/ is the ground floor; only its CLI may reach up (DESIGN.md §3).
+    # pipeline/ is the ground floor; only its CLI may reach up (docs/DESIGN.md §3).
     for path in (REPO / "pipeline").glob("*.py"):
         if path.name == "cli.py":
             continue
@@ -71,3 +71,13 @@ def test_loopback_is_allowed():
         server.listen()
         with socket.create_connection(server.getsockname(), timeout=5):
             pass
+
+
+def test_readme_links_only_to_files_a_clone_has():
+    import re
+
+    readme = (REPO / "README.md").read_text()
+    links = re.findall(r"\]\(([^)#\s]+)\)", readme)
+    local = [link for link in links if not link.startswith(("http://", "https://"))]
+    assert "docs/DESIGN.md" in local
+    assert all((REPO / link).exists() and ".." not in link for link in local), local

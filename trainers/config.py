@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 from pipeline.image_limits import DEFAULT_MAX_IMAGE_TOKENS
 
-# METHOD -> (dataset config it trains on, TRL trainer). DESIGN.md §6.
+# METHOD -> (dataset config it trains on, TRL trainer). docs/DESIGN.md §7.
 METHODS = {
     "crl": ("crl", "sft"),  # conditional RL: reward token + response, SFT loss
     "sft": ("sft", "sft"),  # preferred responses only

@@ -1,4 +1,4 @@
-"""Generation backends behind one interface (DESIGN.md §4).
+"""Generation backends behind one interface (docs/DESIGN.md §4).
 
 A backend takes a list of chat `Request`s and yields one `Completion` per request as each
 finishes (any order; `Completion.index` says which). `generate_in_order` collects them in

@@ -1,4 +1,4 @@
-"""The `openai` backend: API models and any OpenAI-compatible server (DESIGN.md §4).
+"""The `openai` backend: API models and any OpenAI-compatible server (docs/DESIGN.md §4).
 
 Requests go out concurrently through one `openai.AsyncOpenAI` client on an event loop that
 lives in a background thread; `generate` is a plain iterator that hands completions over
