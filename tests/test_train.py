@@ -10,7 +10,7 @@ from train_data import PREFERRED, REJECTED, save_templated, templated_rows
 from pipeline.backends import Request
 from pipeline.cli import main
 from pipeline.formats import to_dataset_dict
-from trainers.collator import CRLCollator
+from trainers.collator import CRLCollator, with_reward_token
 from trainers.data import mix
 from trainers.inference import conditioned
 
@@ -97,13 +97,47 @@ def test_resume_from_checkpoint(tiny_model, data, tmp_path, capsys):
     args = ["--save_strategy", "steps", "--save_steps", "2"]
     assert train("crl", tiny_model("llava"), data, out, *args) == 0
     assert (out / "checkpoint-2").is_dir()
+    # Its arguments are JSON, not a pickle; resuming must not need the pickle.
+    assert not (out / "checkpoint-2" / "training_args.bin").exists()
     capsys.readouterr()
     assert train("crl", tiny_model("llava"), data, out, *args, "--max_steps", "4",
                  "--resume_from_checkpoint", str(out / "checkpoint-2")) == 0  # fmt: skip
     state = json.loads((out / "checkpoint-4" / "trainer_state.json").read_text())
     assert state["global_step"] == 4
+    assert json.loads((out / "checkpoint-4" / "macaroon.json").read_text())["steps"] == 4
     logged = [line for line in capsys.readouterr().out.splitlines() if "'loss'" in line]
     assert len(logged) == 2  # steps 3 and 4 only: it went on from step 2
+
+
+def test_every_checkpoint_carries_the_record_and_evaluates_conditioned(tiny_model, data,
+                                                                       tmp_path):  # fmt: skip
+    from pipeline.backends import Sampling
+    from trainers.inference import TrainedModelBackend
+
+    out = tmp_path / "crl"
+    assert train("crl", tiny_model("llava"), data, out, "--max_steps", "4",
+                 "--save_strategy", "steps", "--save_steps", "2") == 0  # fmt: skip
+    final = json.loads((out / "macaroon.json").read_text())
+    per_run = {k: v for k, v in final.items() if k not in ("steps", "train_loss", "seconds")}
+    for step in (2, 4):
+        checkpoint = out / f"checkpoint-{step}"
+        record = json.loads((checkpoint / "macaroon.json").read_text())
+        assert (record["method"], record["conditioning"], record["steps"]) == ("crl", "good", step)
+        assert {k: record[k] for k in per_run} == per_run  # the same run, only the step differs
+        assert json.loads((checkpoint / "training_args.json").read_text())["max_steps"] == 4
+        assert not list(checkpoint.glob("*.bin"))
+
+    # Evaluating a checkpoint puts `good` in front of the question without being told.
+    question = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Hi?"}]}]
+    image, sampling = (sample_image_path(),), Sampling(max_tokens=6)
+    by_itself = TrainedModelBackend(str(out / "checkpoint-2"))
+    untouched = TrainedModelBackend(str(out / "checkpoint-2"), condition=False)
+    [auto] = by_itself.generate([Request(question, image, sampling)])
+    [by_hand] = untouched.generate([Request(with_reward_token(question, "good"), image, sampling)])
+    [bare] = untouched.generate([Request(question, image, sampling)])
+    assert by_itself.method == "crl"
+    assert auto.prompt_tokens == by_hand.prompt_tokens > bare.prompt_tokens
+    assert auto.text == by_hand.text
 
 
 def test_merged_weights_generate_like_the_adapter(tiny_model, data, tmp_path, sample_image):
