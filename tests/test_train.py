@@ -208,6 +208,24 @@ def test_original_vlfeedback_file_as_general_data(tiny_model, data, tmp_path):
     assert record["rows"] == 18 + 8  # 3 images x 6 questions + the 8 general records
 
 
+@pytest.mark.parametrize("data_form", ["DIR", "DIR/dataset"])
+def test_data_and_general_take_the_folder_import_or_imagine_wrote(tiny_model, data, tmp_path,
+                                                                  data_form):  # fmt: skip
+    from conftest import SAMPLES
+
+    imported = tmp_path / "imported"
+    assert main(["import", str(SAMPLES / "VLfeedback_dataset.json"), "--out", str(imported)]) == 0
+    assert (imported / "dataset" / "dataset_dict.json").is_file()
+    imagined = data.parent  # the layout of `make imagine OUT=DIR`: DIR/dataset
+    # One run passes DIR for --data and DIR/dataset for --general, the other the reverse.
+    preference = imported if data_form == "DIR" else imported / "dataset"
+    general = imagined / "dataset" if data_form == "DIR" else imagined
+    out = tmp_path / "crl"
+    assert train("crl", tiny_model("llava"), preference, out, "--general", str(general)) == 0
+    record = json.loads((out / "macaroon.json").read_text())
+    assert record["rows"] == 8 * 2 + 3 * 6 * 2  # the 8 imported pairs + the templated rows
+
+
 def test_bad_inputs_fail_before_training(tiny_model, tmp_path, capsys):
     model = tiny_model("llava")
     rows = templated_rows(image_names=range(1, 2))
@@ -236,4 +254,5 @@ def test_bad_inputs_fail_before_training(tiny_model, tmp_path, capsys):
     assert "train `make train METHOD=multiturn` first" in capsys.readouterr().err
 
     assert train("crl", model, tmp_path / "missing", tmp_path / "o5") == 2
-    assert "not a saved DatasetDict" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "missing: not a saved DatasetDict" in err and "(DIR or DIR/dataset)" in err

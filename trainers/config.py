@@ -29,13 +29,16 @@ class MacaroonTrainConfig:
     method: str = field(default="crl", metadata={"help": f"One of {', '.join(METHODS)}."})
     data: str = field(
         default="outputs/imagine/dataset",
-        metadata={"help": "Preference data: a DatasetDict folder from `make imagine`/`import`."},
+        metadata={
+            "help": "Preference data: the OUT folder of `make imagine` / `macaroon import --out`, "
+            "or its OUT/dataset (a saved DatasetDict)."
+        },
     )
     general: str | None = field(
         default=None,
         metadata={
-            "help": "General-purpose data mixed in: a DatasetDict folder in our formats, or the "
-            "original VLfeedback_dataset(_seperate).json / vlfeedback_nlf_conversations.jsonl."
+            "help": "General-purpose data mixed in: a folder as for --data, or the original "
+            "VLfeedback_dataset(_seperate).json / vlfeedback_nlf_conversations.jsonl."
         },
     )
     general_ratio: float = field(
