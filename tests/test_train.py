@@ -74,6 +74,41 @@ def test_each_method_trains_and_records_itself(tiny_model, data, tmp_path, metho
     assert not list(out.glob("*.bin"))
 
 
+def test_dpo_original_trains_exactly_the_last_layers(tiny_model, data, tmp_path):
+    from transformers import AutoModelForImageTextToText
+
+    model, out = tiny_model("llava"), tmp_path / "dpo_original"
+    # The tiny language model has 2 layers: the last 1 trains. Gradient checkpointing stays
+    # on, as in real runs, where frozen layers feed the trained ones.
+    assert train("dpo_original", model, data, out, "--train_last_layers", "1",
+                 "--gradient_checkpointing", "true") == 0  # fmt: skip
+    before = AutoModelForImageTextToText.from_pretrained(model).state_dict()
+    after = AutoModelForImageTextToText.from_pretrained(out).state_dict()
+    assert before.keys() == after.keys()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed == {k for k in before if k.startswith("model.language_model.layers.1.")}
+    record = json.loads((out / "macaroon.json").read_text())
+    assert (record["method"], record["train_last_layers"], record["lora"]) == ("dpo", 1, None)
+    assert record["steps"] == 2 and not (out / "adapter_config.json").exists()
+
+
+@pytest.mark.parametrize(
+    ("arch", "layers"),
+    [("llava", "model.language_model.layers"), ("idefics3", "model.text_model.layers"),
+     ("qwen2-vl", "model.language_model.layers"), ("gemma3", "model.language_model.layers")],
+)  # fmt: skip
+def test_train_last_layers_finds_each_familys_decoder_layers(tiny_model, arch, layers):
+    from transformers import AutoModelForImageTextToText
+
+    from trainers.model import train_only_last_layers
+
+    model = AutoModelForImageTextToText.from_pretrained(tiny_model(arch))
+    named = train_only_last_layers(model, 1)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    last = {n for n, _ in model.named_parameters() if n.startswith(f"{layers}.1.")}
+    assert trainable == set(named) == last and last
+
+
 def test_sft_after_multiturn_continues_the_multiturn_adapter(tiny_model, data, tmp_path, capsys):
     model = tiny_model("llava")
     assert train("multiturn", model, data, tmp_path / "mt") == 0
@@ -252,6 +287,14 @@ def test_bad_inputs_fail_before_training(tiny_model, tmp_path, capsys):
     assert train("sft_after_multiturn", model, tmp_path / "no_reward", tmp_path / "o4",
                  "--multiturn_adapter", str(tmp_path / "nope")) == 2  # fmt: skip
     assert "train `make train METHOD=multiturn` first" in capsys.readouterr().err
+
+    # More layers than the model has, or LoRA on top: refused before the model loads.
+    no_dpo = tmp_path / "no_reward"
+    assert train("dpo_original", model, no_dpo, tmp_path / "o6", "--train_last_layers", "3") == 2
+    err = capsys.readouterr().err
+    assert "--train_last_layers 3: " in err and "has 2 language-model layers" in err
+    assert train("dpo_original", model, no_dpo, tmp_path / "o7", "--use_peft", "true") == 2
+    assert "add --use_peft false" in capsys.readouterr().err
 
     assert train("crl", model, tmp_path / "missing", tmp_path / "o5") == 2
     err = capsys.readouterr().err

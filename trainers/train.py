@@ -29,7 +29,13 @@ from trainers.data import (
     mix,
     select,
 )
-from trainers.model import add_reward_tokens, load_model_and_processor, lora_config
+from trainers.model import (
+    add_reward_tokens,
+    load_model_and_processor,
+    lora_config,
+    text_layers,
+    train_only_last_layers,
+)
 
 
 def prepare_data(
@@ -73,7 +79,10 @@ def _maybe(fn, value):
     return None if value is None else fn(value)
 
 
-def check_start(cfg: MacaroonTrainConfig) -> None:
+def check_start(cfg: MacaroonTrainConfig, model_args, trust_remote_code: bool = False) -> None:
+    """Refuse, before any weights load, a run that cannot work as asked."""
+    if cfg.train_last_layers is not None:
+        _check_last_layers(cfg, model_args, trust_remote_code)
     if cfg.method == "sft_after_multiturn":
         adapter = Path(cfg.multiturn_adapter or "")
         record = adapter / RECORD_FILE
@@ -88,6 +97,36 @@ def check_start(cfg: MacaroonTrainConfig) -> None:
             raise DataError(f"{adapter}: was trained with METHOD={method}, not multiturn")
 
 
+def _check_last_layers(cfg: MacaroonTrainConfig, model_args, trust_remote_code: bool) -> None:
+    n = cfg.train_last_layers
+    if model_args.use_peft:
+        raise ValueError(
+            f"--train_last_layers {n} fine-tunes those layers' own weights, not a LoRA adapter: "
+            "add --use_peft false (configs/train/dpo_original.yaml sets it)"
+        )
+    if cfg.method == "sft_after_multiturn":
+        raise ValueError(
+            "sft_after_multiturn continues the multiturn LoRA adapter; --train_last_layers "
+            "cannot apply: unset it"
+        )
+    if cfg.method == "crl" and cfg.reward_special_tokens:
+        raise ValueError(
+            "--reward_special_tokens trains the new tokens' embedding rows, which "
+            "--train_last_layers freezes: use one or the other"
+        )
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(
+        model_args.model_name_or_path, revision=model_args.model_revision,
+        trust_remote_code=trust_remote_code,
+    )  # fmt: skip
+    if n > text_layers(config):
+        raise ValueError(
+            f"--train_last_layers {n}: {model_args.model_name_or_path} has "
+            f"{text_layers(config)} language-model layers; choose at most that many"
+        )
+
+
 def run_train(
     cfg: MacaroonTrainConfig, model_args, args, general: DatasetDict | None = None
 ) -> Path:
@@ -100,7 +139,7 @@ def train(cfg: MacaroonTrainConfig, model_args, args, general: DatasetDict | Non
     """`run_train`, returning the TRL trainer (its model and state) after saving."""
     import torch
 
-    check_start(cfg)
+    check_start(cfg, model_args, args.trust_remote_code)
     train_dataset = prepare_data(cfg, args.seed, general)
     if not torch.cuda.is_available():
         args.bf16 = (
@@ -112,6 +151,8 @@ def train(cfg: MacaroonTrainConfig, model_args, args, general: DatasetDict | Non
     token_ids = None
     if cfg.method == "crl" and cfg.reward_special_tokens:
         token_ids = add_reward_tokens(model, processor, list(reward_map(cfg).values()))
+    if cfg.train_last_layers is not None:
+        train_only_last_layers(model, cfg.train_last_layers)
     model_type = model.config.model_type
     peft_config = lora_config(model_args, token_ids, model_type) if model_args.use_peft else None
     if cfg.method == "sft_after_multiturn":
@@ -123,7 +164,13 @@ def train(cfg: MacaroonTrainConfig, model_args, args, general: DatasetDict | Non
         run_record, cfg, model_args, rows=len(train_dataset), lora=peft_config,
         special_tokens=bool(token_ids),
     )  # fmt: skip
-    trainer = _trainer(cfg, model, processor, train_dataset, peft_config, args)
+    ref_model = None
+    if METHODS[cfg.method][1] == "dpo" and peft_config is None:
+        # TRL would reload the reference from the config's path, without --model_revision.
+        ref_model, _ = load_model_and_processor(
+            model_args, args.trust_remote_code, cfg.max_image_tokens
+        )
+    trainer = _trainer(cfg, model, processor, train_dataset, peft_config, args, ref_model)
     started = time.monotonic()
     trainer.add_callback(CheckpointRecord(record, started))
     resume = args.resume_from_checkpoint
@@ -186,6 +233,7 @@ def run_record(
         "train_loss": train_loss,  # the run's mean; None in a checkpoint (see its trainer_state)
         "seconds": seconds,
         "lora": lora.to_dict() if lora else None,
+        "train_last_layers": cfg.train_last_layers,  # full fine-tuning of those layers only
     }
 
 
@@ -226,7 +274,7 @@ class CheckpointRecord(TrainerCallback):
         return control
 
 
-def _trainer(cfg, model, processor, dataset, peft_config, args):
+def _trainer(cfg, model, processor, dataset, peft_config, args, ref_model=None):
     # Labels end on a token generation stops on, whatever the chat template writes.
     stops = stop_token_ids(processor.tokenizer, model.generation_config)
     if METHODS[cfg.method][1] == "dpo":
@@ -235,8 +283,8 @@ def _trainer(cfg, model, processor, dataset, peft_config, args):
         collator = PreferenceCollator(processor=processor, max_length=args.max_length,
                                       stop_ids=stops)  # fmt: skip
         return DPOTrainer(
-            model=model, args=args, train_dataset=dataset, processing_class=processor,
-            peft_config=peft_config, data_collator=collator,
+            model=model, ref_model=ref_model, args=args, train_dataset=dataset,
+            processing_class=processor, peft_config=peft_config, data_collator=collator,
         )  # fmt: skip
     from trl import SFTTrainer
 
