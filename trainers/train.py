@@ -180,6 +180,8 @@ def train(cfg: MacaroonTrainConfig, model_args, args, general: DatasetDict | Non
     out = Path(args.output_dir)
     trainer.save_model(str(out))
     trainer.save_state()  # trainer_state.json: the logged losses and rewards
+    if not args.should_save:  # another process of a multi-process run writes the folder
+        return trainer
     processor.save_pretrained(str(out))
     args_as_json(out, args)
     final = record(
@@ -253,7 +255,7 @@ def args_as_json(folder: Path, args) -> None:
 
 def _write_atomically(path: Path, text: str) -> None:
     # A run killed mid-write leaves the old file or none, never a half-written record.
-    partial = path.with_name(path.name + ".partial")
+    partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
     partial.write_text(text)
     os.replace(partial, path)
 
