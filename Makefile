@@ -71,7 +71,8 @@ build: $(STAMP) ## rebuild the dataset from the stored records, no model calls
 import: $(STAMP) ## original MACAROON files: make import FILES="a.json b.json" OUT=dir
 	$(BIN)/macaroon import $(FILES) --out $(or $(OUT),outputs/import) $(ARGS)
 
-# make train METHOD=crl|sft|dpo|multiturn|sft_after_multiturn [DATA=dir] [GENERAL=dir|json]
+# make train METHOD=crl|sft|dpo|dpo_original|multiturn|sft_after_multiturn (configs/train/METHOD.yaml)
+#            [DATA=dir] [GENERAL=dir|json]
 #            [MODEL=..] [OUT=dir] [MAX_STEPS=n] [ARGS="--option value ..."]
 METHOD ?= crl
 TRAIN_OPTS = $(if $(DATA),--data $(DATA)) $(if $(GENERAL),--general $(GENERAL)) \

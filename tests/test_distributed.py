@@ -1,5 +1,6 @@
 """Two CPU processes (torchrun, gloo) train one adapter: both ranks end with the same one."""
 
+import json
 import os
 import shutil
 import subprocess
@@ -28,7 +29,7 @@ SCRIPT = textwrap.dedent(
                                  lora_alpha=16, lora_dropout=0.1,
                                  lora_target_modules=["q_proj", "k_proj", "v_proj"])
         args = SFTConfig(output_dir=out, max_steps=3, per_device_train_batch_size=2,
-                         bf16=False, use_cpu=True, report_to=[], save_strategy="no",
+                         bf16=False, use_cpu=True, report_to=[], save_steps=3,
                          gradient_checkpointing=False, max_length=None, learning_rate=1e-3)
         trainer = train(MacaroonTrainConfig(method="crl", data=data), model_args, args)
         weights = {n: p.detach().contiguous() for n, p in trainer.model.named_parameters()
@@ -62,3 +63,6 @@ def test_two_processes_train_the_same_adapter(tiny_model, tmp_path):
     for name, tensor in rank0.items():
         assert torch.equal(saved[name.replace(".default", "")], tensor)
     assert any(rank0[k].abs().sum() > 0 for k in rank0 if "lora_B" in k)  # it trained
+    for folder in (out, out / "checkpoint-3"):  # written once, whole, by one process
+        assert json.loads((folder / "macaroon.json").read_text())["steps"] == 3
+        assert not list(folder.glob("*.partial"))

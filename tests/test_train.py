@@ -10,7 +10,7 @@ from train_data import PREFERRED, REJECTED, save_templated, templated_rows
 from pipeline.backends import Request
 from pipeline.cli import main
 from pipeline.formats import to_dataset_dict
-from trainers.collator import CRLCollator
+from trainers.collator import CRLCollator, with_reward_token
 from trainers.data import mix
 from trainers.inference import conditioned
 
@@ -74,6 +74,41 @@ def test_each_method_trains_and_records_itself(tiny_model, data, tmp_path, metho
     assert not list(out.glob("*.bin"))
 
 
+def test_dpo_original_trains_exactly_the_last_layers(tiny_model, data, tmp_path):
+    from transformers import AutoModelForImageTextToText
+
+    model, out = tiny_model("llava"), tmp_path / "dpo_original"
+    # The tiny language model has 2 layers: the last 1 trains. Gradient checkpointing stays
+    # on, as in real runs, where frozen layers feed the trained ones.
+    assert train("dpo_original", model, data, out, "--train_last_layers", "1",
+                 "--gradient_checkpointing", "true") == 0  # fmt: skip
+    before = AutoModelForImageTextToText.from_pretrained(model).state_dict()
+    after = AutoModelForImageTextToText.from_pretrained(out).state_dict()
+    assert before.keys() == after.keys()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed == {k for k in before if k.startswith("model.language_model.layers.1.")}
+    record = json.loads((out / "macaroon.json").read_text())
+    assert (record["method"], record["train_last_layers"], record["lora"]) == ("dpo", 1, None)
+    assert record["steps"] == 2 and not (out / "adapter_config.json").exists()
+
+
+@pytest.mark.parametrize(
+    ("arch", "layers"),
+    [("llava", "model.language_model.layers"), ("idefics3", "model.text_model.layers"),
+     ("qwen2-vl", "model.language_model.layers"), ("gemma3", "model.language_model.layers")],
+)  # fmt: skip
+def test_train_last_layers_finds_each_familys_decoder_layers(tiny_model, arch, layers):
+    from transformers import AutoModelForImageTextToText
+
+    from trainers.model import train_only_last_layers
+
+    model = AutoModelForImageTextToText.from_pretrained(tiny_model(arch))
+    named = train_only_last_layers(model, 1)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    last = {n for n, _ in model.named_parameters() if n.startswith(f"{layers}.1.")}
+    assert trainable == set(named) == last and last
+
+
 def test_sft_after_multiturn_continues_the_multiturn_adapter(tiny_model, data, tmp_path, capsys):
     model = tiny_model("llava")
     assert train("multiturn", model, data, tmp_path / "mt") == 0
@@ -97,13 +132,47 @@ def test_resume_from_checkpoint(tiny_model, data, tmp_path, capsys):
     args = ["--save_strategy", "steps", "--save_steps", "2"]
     assert train("crl", tiny_model("llava"), data, out, *args) == 0
     assert (out / "checkpoint-2").is_dir()
+    # Its arguments are JSON, not a pickle; resuming must not need the pickle.
+    assert not (out / "checkpoint-2" / "training_args.bin").exists()
     capsys.readouterr()
     assert train("crl", tiny_model("llava"), data, out, *args, "--max_steps", "4",
                  "--resume_from_checkpoint", str(out / "checkpoint-2")) == 0  # fmt: skip
     state = json.loads((out / "checkpoint-4" / "trainer_state.json").read_text())
     assert state["global_step"] == 4
+    assert json.loads((out / "checkpoint-4" / "macaroon.json").read_text())["steps"] == 4
     logged = [line for line in capsys.readouterr().out.splitlines() if "'loss'" in line]
     assert len(logged) == 2  # steps 3 and 4 only: it went on from step 2
+
+
+def test_every_checkpoint_carries_the_record_and_evaluates_conditioned(tiny_model, data,
+                                                                       tmp_path):  # fmt: skip
+    from pipeline.backends import Sampling
+    from trainers.inference import TrainedModelBackend
+
+    out = tmp_path / "crl"
+    assert train("crl", tiny_model("llava"), data, out, "--max_steps", "4",
+                 "--save_strategy", "steps", "--save_steps", "2") == 0  # fmt: skip
+    final = json.loads((out / "macaroon.json").read_text())
+    per_run = {k: v for k, v in final.items() if k not in ("steps", "train_loss", "seconds")}
+    for step in (2, 4):
+        checkpoint = out / f"checkpoint-{step}"
+        record = json.loads((checkpoint / "macaroon.json").read_text())
+        assert (record["method"], record["conditioning"], record["steps"]) == ("crl", "good", step)
+        assert {k: record[k] for k in per_run} == per_run  # the same run, only the step differs
+        assert json.loads((checkpoint / "training_args.json").read_text())["max_steps"] == 4
+        assert not list(checkpoint.glob("*.bin"))
+
+    # Evaluating a checkpoint puts `good` in front of the question without being told.
+    question = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Hi?"}]}]
+    image, sampling = (sample_image_path(),), Sampling(max_tokens=6)
+    by_itself = TrainedModelBackend(str(out / "checkpoint-2"))
+    untouched = TrainedModelBackend(str(out / "checkpoint-2"), condition=False)
+    [auto] = by_itself.generate([Request(question, image, sampling)])
+    [by_hand] = untouched.generate([Request(with_reward_token(question, "good"), image, sampling)])
+    [bare] = untouched.generate([Request(question, image, sampling)])
+    assert by_itself.method == "crl"
+    assert auto.prompt_tokens == by_hand.prompt_tokens > bare.prompt_tokens
+    assert auto.text == by_hand.text
 
 
 def test_merged_weights_generate_like_the_adapter(tiny_model, data, tmp_path, sample_image):
@@ -174,6 +243,24 @@ def test_original_vlfeedback_file_as_general_data(tiny_model, data, tmp_path):
     assert record["rows"] == 18 + 8  # 3 images x 6 questions + the 8 general records
 
 
+@pytest.mark.parametrize("data_form", ["DIR", "DIR/dataset"])
+def test_data_and_general_take_the_folder_import_or_imagine_wrote(tiny_model, data, tmp_path,
+                                                                  data_form):  # fmt: skip
+    from conftest import SAMPLES
+
+    imported = tmp_path / "imported"
+    assert main(["import", str(SAMPLES / "VLfeedback_dataset.json"), "--out", str(imported)]) == 0
+    assert (imported / "dataset" / "dataset_dict.json").is_file()
+    imagined = data.parent  # the layout of `make imagine OUT=DIR`: DIR/dataset
+    # One run passes DIR for --data and DIR/dataset for --general, the other the reverse.
+    preference = imported if data_form == "DIR" else imported / "dataset"
+    general = imagined / "dataset" if data_form == "DIR" else imagined
+    out = tmp_path / "crl"
+    assert train("crl", tiny_model("llava"), preference, out, "--general", str(general)) == 0
+    record = json.loads((out / "macaroon.json").read_text())
+    assert record["rows"] == 8 * 2 + 3 * 6 * 2  # the 8 imported pairs + the templated rows
+
+
 def test_bad_inputs_fail_before_training(tiny_model, tmp_path, capsys):
     model = tiny_model("llava")
     rows = templated_rows(image_names=range(1, 2))
@@ -201,5 +288,14 @@ def test_bad_inputs_fail_before_training(tiny_model, tmp_path, capsys):
                  "--multiturn_adapter", str(tmp_path / "nope")) == 2  # fmt: skip
     assert "train `make train METHOD=multiturn` first" in capsys.readouterr().err
 
+    # More layers than the model has, or LoRA on top: refused before the model loads.
+    no_dpo = tmp_path / "no_reward"
+    assert train("dpo_original", model, no_dpo, tmp_path / "o6", "--train_last_layers", "3") == 2
+    err = capsys.readouterr().err
+    assert "--train_last_layers 3: " in err and "has 2 language-model layers" in err
+    assert train("dpo_original", model, no_dpo, tmp_path / "o7", "--use_peft", "true") == 2
+    assert "add --use_peft false" in capsys.readouterr().err
+
     assert train("crl", model, tmp_path / "missing", tmp_path / "o5") == 2
-    assert "not a saved DatasetDict" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "missing: not a saved DatasetDict" in err and "(DIR or DIR/dataset)" in err

@@ -29,13 +29,16 @@ class MacaroonTrainConfig:
     method: str = field(default="crl", metadata={"help": f"One of {', '.join(METHODS)}."})
     data: str = field(
         default="outputs/imagine/dataset",
-        metadata={"help": "Preference data: a DatasetDict folder from `make imagine`/`import`."},
+        metadata={
+            "help": "Preference data: the OUT folder of `make imagine` / `macaroon import --out`, "
+            "or its OUT/dataset (a saved DatasetDict)."
+        },
     )
     general: str | None = field(
         default=None,
         metadata={
-            "help": "General-purpose data mixed in: a DatasetDict folder in our formats, or the "
-            "original VLfeedback_dataset(_seperate).json / vlfeedback_nlf_conversations.jsonl."
+            "help": "General-purpose data mixed in: a folder as for --data, or the original "
+            "VLfeedback_dataset(_seperate).json / vlfeedback_nlf_conversations.jsonl."
         },
     )
     general_ratio: float = field(
@@ -66,6 +69,13 @@ class MacaroonTrainConfig:
                   "(Qwen2-VL, Qwen2.5-VL, Qwen3-VL), as in imagination and evaluation; 0 = as "
                   "published."},
     )  # fmt: skip
+    train_last_layers: int | None = field(
+        default=None,
+        metadata={"help": "Full fine-tuning of only the last N decoder layers of the language "
+                  "model; every other weight stays frozen. Needs --use_peft false. The original "
+                  "MACAROON DPO trained the last 10 (configs/train/dpo_original.yaml). Unset: "
+                  "LoRA, or the whole model with --use_peft false."},
+    )  # fmt: skip
     merge: bool = field(
         default=False,
         metadata={"help": "Also save merged full weights (safetensors) in OUTPUT_DIR/merged."},
@@ -81,5 +91,7 @@ class MacaroonTrainConfig:
             )
         if len(self.reward_tokens) != 2 or len(set(self.reward_tokens)) != 2:
             raise ValueError("--reward_tokens needs two different tokens: preferred, rejected")
+        if self.train_last_layers is not None and self.train_last_layers < 1:
+            raise ValueError("--train_last_layers must be 1 or more (unset: as --use_peft says)")
         if not 0 < self.general_ratio <= 1:
             raise ValueError("--general_ratio must be in (0, 1]")

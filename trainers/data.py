@@ -21,13 +21,21 @@ class DataError(ValueError):
 
 
 def load_dataset_dict(path: str | Path) -> DatasetDict:
+    """The DatasetDict saved at `path`, or at `path`/dataset.
+
+    `make imagine` and `macaroon import --out DIR` write DIR/dataset beside their records
+    and summary; either DIR or DIR/dataset names that data, so both are taken. DIR wins
+    when it is itself a saved DatasetDict.
+    """
     path = Path(path)
-    if not (path / "dataset_dict.json").is_file():
-        raise DataError(
-            f"{path}: not a saved DatasetDict; run `make imagine` or `macaroon import ... --out "
-            f"DIR` and pass DIR/dataset"
-        )
-    return load_from_disk(str(path))
+    for folder in (path, path / "dataset"):
+        if (folder / "dataset_dict.json").is_file():
+            return load_from_disk(str(folder))
+    raise DataError(
+        f"{path}: not a saved DatasetDict, and holds none in {path / 'dataset'}; pass the "
+        "folder given to `make imagine OUT=DIR` or `macaroon import ... --out DIR` (DIR or "
+        "DIR/dataset)"
+    )
 
 
 def select(data: DatasetDict, config: str, where: str) -> Dataset:

@@ -54,6 +54,60 @@ def language_model_targets(modules: list[str], model_type: str | None = None) ->
     return rf"^{prefix}(?:.*\.)?({names})$"
 
 
+def train_only_last_layers(model, count: int) -> list[str]:
+    """Freeze every parameter except those of the language model's last `count` decoder layers.
+
+    The original MACAROON DPO (train/train_dpo.py) fully trained the last 10 decoder layers
+    of the language model and froze the rest (vision tower, projector, embeddings, earlier
+    layers, final norm, LM head). The language model is the module at the family's
+    `language_model` prefix (SmolVLM's is `model.text_model`); its decoder layers are the
+    list inside it with as many entries as the text config has layers. Returns the names of
+    the parameters left trainable.
+    """
+    from torch import nn
+
+    prefix = (family_of(model.config.model_type) or {}).get(
+        "language_model", GENERIC_LANGUAGE_MODEL
+    )
+    found = [(n, m) for n, m in model.named_modules() if n and re.fullmatch(prefix, n + ".")]
+    if len(found) != 1:
+        raise ValueError(
+            f"{type(model).__name__}: no single language model module matches {prefix!r} "
+            f"(found {', '.join(n for n, _ in found) or 'none'}); --train_last_layers needs it"
+        )
+    language_name, language = found[0]
+    total = text_layers(model.config)
+    if count > total:
+        raise ValueError(f"--train_last_layers {count}: the language model has {total} layers")
+    stacks = [
+        (n, m)
+        for n, m in language.named_modules()
+        if isinstance(m, nn.ModuleList) and len(m) == total
+    ]
+    # The decoder layers are the outermost such list, not one nested inside a layer.
+    depth = min((n.count(".") for n, _ in stacks), default=None)
+    stacks = [(n, m) for n, m in stacks if n.count(".") == depth]
+    if len(stacks) != 1:
+        names = ", ".join(n for n, _ in stacks) or "none"
+        raise ValueError(
+            f"{type(model).__name__}: cannot tell which list of {total} modules in "
+            f"{language_name} holds the decoder layers ({names})"
+        )
+    stack_name, layers = stacks[0]
+    model.requires_grad_(False)
+    trainable = []
+    for index in range(total - count, total):
+        layers[index].requires_grad_(True)
+        where = f"{language_name}.{stack_name}.{index}"
+        trainable += [f"{where}.{name}" for name, _ in layers[index].named_parameters()]
+    return trainable
+
+
+def text_layers(config) -> int:
+    """Decoder layers of the language model, from the text part of a VLM's config."""
+    return config.get_text_config().num_hidden_layers
+
+
 def lora_config(
     model_args, trainable_token_ids: list[int] | None = None, model_type: str | None = None
 ) -> LoraConfig:

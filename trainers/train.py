@@ -5,9 +5,15 @@ Everything that can go wrong with the inputs is checked before the model is load
 
 from __future__ import annotations
 
+import functools
 import json
+import os
 import time
+from collections.abc import Callable
 from pathlib import Path
+
+from transformers import TrainerCallback
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from datasets import Dataset, DatasetDict
 from pipeline.chat import stop_token_ids
@@ -23,7 +29,13 @@ from trainers.data import (
     mix,
     select,
 )
-from trainers.model import add_reward_tokens, load_model_and_processor, lora_config
+from trainers.model import (
+    add_reward_tokens,
+    load_model_and_processor,
+    lora_config,
+    text_layers,
+    train_only_last_layers,
+)
 
 
 def prepare_data(
@@ -67,7 +79,10 @@ def _maybe(fn, value):
     return None if value is None else fn(value)
 
 
-def check_start(cfg: MacaroonTrainConfig) -> None:
+def check_start(cfg: MacaroonTrainConfig, model_args, trust_remote_code: bool = False) -> None:
+    """Refuse, before any weights load, a run that cannot work as asked."""
+    if cfg.train_last_layers is not None:
+        _check_last_layers(cfg, model_args, trust_remote_code)
     if cfg.method == "sft_after_multiturn":
         adapter = Path(cfg.multiturn_adapter or "")
         record = adapter / RECORD_FILE
@@ -82,6 +97,36 @@ def check_start(cfg: MacaroonTrainConfig) -> None:
             raise DataError(f"{adapter}: was trained with METHOD={method}, not multiturn")
 
 
+def _check_last_layers(cfg: MacaroonTrainConfig, model_args, trust_remote_code: bool) -> None:
+    n = cfg.train_last_layers
+    if model_args.use_peft:
+        raise ValueError(
+            f"--train_last_layers {n} fine-tunes those layers' own weights, not a LoRA adapter: "
+            "add --use_peft false (configs/train/dpo_original.yaml sets it)"
+        )
+    if cfg.method == "sft_after_multiturn":
+        raise ValueError(
+            "sft_after_multiturn continues the multiturn LoRA adapter; --train_last_layers "
+            "cannot apply: unset it"
+        )
+    if cfg.method == "crl" and cfg.reward_special_tokens:
+        raise ValueError(
+            "--reward_special_tokens trains the new tokens' embedding rows, which "
+            "--train_last_layers freezes: use one or the other"
+        )
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(
+        model_args.model_name_or_path, revision=model_args.model_revision,
+        trust_remote_code=trust_remote_code,
+    )  # fmt: skip
+    if n > text_layers(config):
+        raise ValueError(
+            f"--train_last_layers {n}: {model_args.model_name_or_path} has "
+            f"{text_layers(config)} language-model layers; choose at most that many"
+        )
+
+
 def run_train(
     cfg: MacaroonTrainConfig, model_args, args, general: DatasetDict | None = None
 ) -> Path:
@@ -94,7 +139,7 @@ def train(cfg: MacaroonTrainConfig, model_args, args, general: DatasetDict | Non
     """`run_train`, returning the TRL trainer (its model and state) after saving."""
     import torch
 
-    check_start(cfg)
+    check_start(cfg, model_args, args.trust_remote_code)
     train_dataset = prepare_data(cfg, args.seed, general)
     if not torch.cuda.is_available():
         args.bf16 = (
@@ -106,6 +151,8 @@ def train(cfg: MacaroonTrainConfig, model_args, args, general: DatasetDict | Non
     token_ids = None
     if cfg.method == "crl" and cfg.reward_special_tokens:
         token_ids = add_reward_tokens(model, processor, list(reward_map(cfg).values()))
+    if cfg.train_last_layers is not None:
+        train_only_last_layers(model, cfg.train_last_layers)
     model_type = model.config.model_type
     peft_config = lora_config(model_args, token_ids, model_type) if model_args.use_peft else None
     if cfg.method == "sft_after_multiturn":
@@ -113,37 +160,36 @@ def train(cfg: MacaroonTrainConfig, model_args, args, general: DatasetDict | Non
 
         model = PeftModel.from_pretrained(model, cfg.multiturn_adapter, is_trainable=True)
         peft_config = None  # continue the multiturn adapter rather than start a new one
-    trainer = _trainer(cfg, model, processor, train_dataset, peft_config, args)
+    record = functools.partial(
+        run_record, cfg, model_args, rows=len(train_dataset), lora=peft_config,
+        special_tokens=bool(token_ids),
+    )  # fmt: skip
+    ref_model = None
+    if METHODS[cfg.method][1] == "dpo" and peft_config is None:
+        # TRL would reload the reference from the config's path, without --model_revision.
+        ref_model, _ = load_model_and_processor(
+            model_args, args.trust_remote_code, cfg.max_image_tokens
+        )
+    trainer = _trainer(cfg, model, processor, train_dataset, peft_config, args, ref_model)
+    started = time.monotonic()
+    trainer.add_callback(CheckpointRecord(record, started))
     resume = args.resume_from_checkpoint
     if isinstance(resume, str) and resume.lower() in ("true", "latest"):
         resume = True
-    started = time.monotonic()
     result = trainer.train(resume_from_checkpoint=resume)
     out = Path(args.output_dir)
     trainer.save_model(str(out))
     trainer.save_state()  # trainer_state.json: the logged losses and rewards
+    if not args.should_save:  # another process of a multi-process run writes the folder
+        return trainer
     processor.save_pretrained(str(out))
-    # The Trainer pickles its arguments; keep them as JSON so nothing needs unpickling.
-    (out / "training_args.bin").unlink(missing_ok=True)
-    (out / "training_args.json").write_text(args.to_json_string())
-    record = {
-        "method": cfg.method,
-        "base_model": model_args.model_name_or_path,
-        "base_revision": model_args.model_revision,
-        "reward_tokens": reward_map(cfg) if cfg.method == "crl" else None,
-        "reward_special_tokens": bool(token_ids),
-        "conditioning": reward_map(cfg)["good"] if cfg.method == "crl" else None,
-        "max_image_tokens": cfg.max_image_tokens,
-        "data": cfg.data,
-        "general": cfg.general,
-        "general_ratio": cfg.general_ratio,
-        "rows": len(train_dataset),
-        "steps": trainer.state.global_step,
-        "train_loss": result.training_loss,
-        "seconds": round(time.monotonic() - started, 1),
-        "lora": peft_config.to_dict() if peft_config else None,
-    }
-    (out / RECORD_FILE).write_text(json.dumps(record, indent=2, default=str))
+    args_as_json(out, args)
+    final = record(
+        steps=trainer.state.global_step,
+        train_loss=result.training_loss,
+        seconds=round(time.monotonic() - started, 1),
+    )
+    write_record(out, final)
     if cfg.merge:
         merged = (
             trainer.model.merge_and_unload()
@@ -152,11 +198,85 @@ def train(cfg: MacaroonTrainConfig, model_args, args, general: DatasetDict | Non
         )
         merged.save_pretrained(str(out / "merged"), safe_serialization=True)
         processor.save_pretrained(str(out / "merged"))
-        (out / "merged" / RECORD_FILE).write_text(json.dumps(record, indent=2, default=str))
+        write_record(out / "merged", final)
     return trainer
 
 
-def _trainer(cfg, model, processor, dataset, peft_config, args):
+def run_record(
+    cfg: MacaroonTrainConfig,
+    model_args,
+    *,
+    rows: int,
+    lora,
+    special_tokens: bool,
+    steps: int,
+    train_loss: float | None = None,
+    seconds: float | None = None,
+) -> dict:
+    """The run's `macaroon.json`: how to load and condition what it saved at step `steps`.
+
+    The final folder and every checkpoint-N get this same record (N as `steps`), so
+    evaluating any of them applies the CRL token and finds the base model by itself.
+    """
+    crl = cfg.method == "crl"
+    return {
+        "method": cfg.method,
+        "base_model": model_args.model_name_or_path,
+        "base_revision": model_args.model_revision,
+        "reward_tokens": reward_map(cfg) if crl else None,
+        "reward_special_tokens": special_tokens,
+        "conditioning": reward_map(cfg)["good"] if crl else None,
+        "max_image_tokens": cfg.max_image_tokens,
+        "data": cfg.data,
+        "general": cfg.general,
+        "general_ratio": cfg.general_ratio,
+        "rows": rows,
+        "steps": steps,
+        "train_loss": train_loss,  # the run's mean; None in a checkpoint (see its trainer_state)
+        "seconds": seconds,
+        "lora": lora.to_dict() if lora else None,
+        "train_last_layers": cfg.train_last_layers,  # full fine-tuning of those layers only
+    }
+
+
+def write_record(folder: Path, record: dict) -> None:
+    _write_atomically(folder / RECORD_FILE, json.dumps(record, indent=2, default=str))
+
+
+def args_as_json(folder: Path, args) -> None:
+    """The Trainer pickles its arguments; keep them as JSON so nothing needs unpickling.
+
+    Resuming reads trainer_state.json, the optimizer, scheduler and RNG files of a
+    checkpoint, never training_args.bin, so a checkpoint without it resumes the same.
+    """
+    _write_atomically(folder / "training_args.json", args.to_json_string())
+    (folder / "training_args.bin").unlink(missing_ok=True)
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    # A run killed mid-write leaves the old file or none, never a half-written record.
+    partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
+    partial.write_text(text)
+    os.replace(partial, path)
+
+
+class CheckpointRecord(TrainerCallback):
+    """Gives every checkpoint-N the run's record, so an intermediate checkpoint evaluates
+    as the run's METHOD (the paper's CRL model is the step-10000 checkpoint, not the end)."""
+
+    def __init__(self, record: Callable[..., dict], started: float):
+        self.record, self.started = record, started
+
+    def on_save(self, args, state, control, **kwargs):
+        folder = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
+        if args.should_save and folder.is_dir():  # the process that wrote the checkpoint
+            args_as_json(folder, args)
+            seconds = round(time.monotonic() - self.started, 1)
+            write_record(folder, self.record(steps=state.global_step, seconds=seconds))
+        return control
+
+
+def _trainer(cfg, model, processor, dataset, peft_config, args, ref_model=None):
     # Labels end on a token generation stops on, whatever the chat template writes.
     stops = stop_token_ids(processor.tokenizer, model.generation_config)
     if METHODS[cfg.method][1] == "dpo":
@@ -165,8 +285,8 @@ def _trainer(cfg, model, processor, dataset, peft_config, args):
         collator = PreferenceCollator(processor=processor, max_length=args.max_length,
                                       stop_ids=stops)  # fmt: skip
         return DPOTrainer(
-            model=model, args=args, train_dataset=dataset, processing_class=processor,
-            peft_config=peft_config, data_collator=collator,
+            model=model, ref_model=ref_model, args=args, train_dataset=dataset,
+            processing_class=processor, peft_config=peft_config, data_collator=collator,
         )  # fmt: skip
     from trl import SFTTrainer
 
