@@ -127,11 +127,8 @@ def test_every_family_on_a_vllm_engine_matches_transformers(tiny_model, tmp_path
             assert prompt == sent["input_ids"][row][mask].tolist(), arch
         assert result["chat_prompt"] == result["prompts"][0], arch
         assert result["tokens"] == [hf_tokens(hf, [r])[0] for r in requests(QUESTIONS)], arch
-        # Texts agree wherever random weights produced whole characters (the two libraries
-        # render a broken byte sequence mid-text differently).
-        for ours, theirs in zip(result["texts"], greedy, strict=True):
-            if "\ufffd" not in theirs[0]:
-                assert tuple(ours) == theirs, arch
+        # The same text too, even where random weights wrote bytes that are not UTF-8.
+        assert [tuple(t) for t in result["texts"]] == greedy, arch
         # Explicit sampling is sampling, whatever the model's generation_config says.
         assert len(set(result["samples"])) > 1, arch
         # One prompt over max_model_len fails alone; its neighbours are answered.

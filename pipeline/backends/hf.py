@@ -115,20 +115,40 @@ class HFBackend:
         torch.manual_seed(sampling.seed)
         with torch.inference_mode():
             out = self.model.generate(**inputs, **generation_kwargs(sampling))
-        new = out[:, inputs["input_ids"].shape[1] :]
-        prompt_tokens = inputs["attention_mask"].sum(dim=1).tolist()
+        width = inputs["input_ids"].shape[1]
         for row, i in enumerate(indices):
-            tokens = new[row].tolist()
+            prompt = inputs["input_ids"][row][inputs["attention_mask"][row].bool()].tolist()
+            tokens = out[row, width:].tolist()
             stopped = next((n for n, t in enumerate(tokens) if t in self.stop_ids), None)
             tokens = tokens if stopped is None else tokens[: stopped + 1]
-            text = self.processor.decode(tokens, skip_special_tokens=True)
-            # A token limit can cut a character in half: drop the partial bytes, as vLLM does.
-            text = text.rstrip("\ufffd").strip()
+            text = detokenize(self.processor.tokenizer, prompt, tokens).strip()
             reason = "stop" if stopped is not None else "length"
-            yield Completion(i, text, None, int(prompt_tokens[row]), len(tokens), reason)
+            yield Completion(i, text, None, len(prompt), len(tokens), reason)
 
     def close(self) -> None:
         self.model = None
+
+
+def detokenize(tokenizer, prompt: list[int], tokens: list[int]) -> str:
+    """The text of `tokens` as vLLM's detokenizer makes it, so both backends agree.
+
+    Token by token through tokenizers' DecodeStream, primed with the prompt, special tokens
+    skipped: a character still incomplete at the end (a token limit cut it) is left out,
+    and a byte sequence that is not UTF-8 (random weights make them) comes out as vLLM
+    writes it. A stream broken by such a sequence starts afresh, as vLLM's does.
+    """
+    from tokenizers.decoders import DecodeStream
+
+    backend = tokenizer._tokenizer
+    stream, pieces = DecodeStream(ids=prompt, skip_special_tokens=True), []
+    for token in tokens:
+        try:
+            piece = stream.step(backend, token)
+        except Exception:  # noqa: BLE001 - "invalid prefix": the stream's state is broken
+            stream = DecodeStream(skip_special_tokens=True)
+            piece = stream.step(backend, token)
+        pieces.append(piece or "")
+    return "".join(pieces)
 
 
 def generation_kwargs(sampling: Sampling) -> dict:

@@ -368,7 +368,7 @@ def _to_completion(index: int, body: object) -> Completion:
     reason = body["choices"][0].get("finish_reason")
     return Completion(
         index,
-        text,
+        text.strip(),  # as the hf and vllm backends: the same text on every backend
         prompt_tokens=usage.get("prompt_tokens") or 0,
         completion_tokens=usage.get("completion_tokens") or 0,
         finish_reason=reason if reason in ("stop", "length") else None,
