@@ -23,7 +23,12 @@ from trainers.data import (
     mix,
     select,
 )
-from trainers.model import add_reward_tokens, load_model_and_processor, lora_config
+from trainers.model import (
+    add_reward_tokens,
+    load_model_and_processor,
+    lora_config,
+    name_fsdp_layers,
+)
 
 
 def prepare_data(
@@ -114,6 +119,7 @@ def train(cfg: MacaroonTrainConfig, model_args, args, general: DatasetDict | Non
         model = PeftModel.from_pretrained(model, cfg.multiturn_adapter, is_trainable=True)
         peft_config = None  # continue the multiturn adapter rather than start a new one
     trainer = _trainer(cfg, model, processor, train_dataset, peft_config, args)
+    name_fsdp_layers(trainer.accelerator, trainer.model)
     resume = args.resume_from_checkpoint
     if isinstance(resume, str) and resume.lower() in ("true", "latest"):
         resume = True
