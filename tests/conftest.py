@@ -95,3 +95,22 @@ def sample_image():
     from PIL import Image
 
     return Image.open(SAMPLES / "images" / "sample_001.jpg").convert("RGB")
+
+
+@pytest.fixture(scope="session")
+def vllm_server(tiny_model, tmp_path_factory):
+    """vllm_server(arch) -> a real vLLM OpenAI-compatible server of that tiny model on
+    127.0.0.1, started once a session (each start costs about 40 s on CPU)."""
+    from pipeline.serve import VLLMServer
+
+    logs, servers = tmp_path_factory.mktemp("vllm-logs"), {}
+
+    def get(arch: str = "llava") -> VLLMServer:
+        if arch not in servers:
+            server = VLLMServer(str(tiny_model(arch)), log=str(logs / f"{arch}.log"))
+            servers[arch] = server.start()
+        return servers[arch]
+
+    yield get
+    for server in servers.values():
+        server.stop()

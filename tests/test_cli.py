@@ -40,6 +40,7 @@ def test_demo_runs_imagine_train_eval_end_to_end(tmp_path, monkeypatch, capsys):
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert "[4/4]" in out and "demo done:" in out and "text is noise" in out
+    assert "started a vLLM server" in out  # a judge folder is served on 127.0.0.1 by itself
     assert (tmp_path / "demo/imagine/dataset/dataset_dict.json").is_file()
     assert json.loads((tmp_path / "demo/crl/macaroon.json").read_text())["method"] == "crl"
     metrics = json.loads((tmp_path / "demo/eval/metrics.json").read_text())

