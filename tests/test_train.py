@@ -10,7 +10,7 @@ from train_data import PREFERRED, REJECTED, save_templated, templated_rows
 from pipeline.backends import Request
 from pipeline.cli import main
 from pipeline.formats import to_dataset_dict
-from trainers.collator import CRLCollator, with_reward_token
+from trainers.collator import PromptCompletionCollator, with_reward_token
 from trainers.data import mix
 from trainers.inference import conditioned
 
@@ -38,7 +38,7 @@ def test_crl_collator_masks_all_but_the_response(tiny_model, arch, sample_image)
     processor = AutoProcessor.from_pretrained(tiny_model(arch))
     rows = templated_rows(image_names=range(1, 2))["crl"][:2]  # the good and the bad example
     examples = [{**row, "images": [sample_image]} for row in rows]
-    batch = CRLCollator(processor=processor)(examples)
+    batch = PromptCompletionCollator(processor=processor)(examples)
     tokenizer = processor.tokenizer
     for row, (ids, labels) in enumerate(zip(batch["input_ids"], batch["labels"], strict=True)):
         labelled = labels != -100

@@ -49,8 +49,19 @@ class PromptTokens:
         return getattr(self.processor, name)
 
 
+class _Rendered:
+    """Rows rendered by `render` (through pipeline/chat.py) before TRL collates them, with
+    prompts tokenized by our rule (`PromptTokens`)."""
+
+    def __post_init__(self) -> None:
+        self.processor = PromptTokens(self.processor)
+
+    def torch_call(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
+        return super().torch_call([self.render(example) for example in examples])
+
+
 @dataclass
-class PromptCompletionCollator(DataCollatorForVisionLanguageModeling):
+class PromptCompletionCollator(_Rendered, DataCollatorForVisionLanguageModeling):
     """SFT, multi-turn and CRL rows (prompt + completion); CRL rows also carry `reward`.
 
     A row with a `reward` gets that reward's token before the user's words (the paper's
@@ -60,12 +71,6 @@ class PromptCompletionCollator(DataCollatorForVisionLanguageModeling):
     stop_ids: list[int] = field(default_factory=list)
     reward_tokens: dict[str, str] = field(default_factory=lambda: {r: r for r in REWARDS})
     completion_only_loss: bool = True
-
-    def __post_init__(self) -> None:
-        self.processor = PromptTokens(self.processor)
-
-    def torch_call(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
-        return super().torch_call([self.render(example) for example in examples])
 
     def render(self, example: dict[str, Any]) -> dict[str, Any]:
         prompt = example["prompt"]
@@ -80,21 +85,11 @@ class PromptCompletionCollator(DataCollatorForVisionLanguageModeling):
         return {"images": example["images"], "prompt": prompt, "completion": completion}
 
 
-# Kept under its old name: CRL is the prompt-completion collator with a `reward` column.
-CRLCollator = PromptCompletionCollator
-
-
 @dataclass
-class PreferenceCollator(DataCollatorForVisionPreference):
+class PreferenceCollator(_Rendered, DataCollatorForVisionPreference):
     """DPO rows: the same prompt as inference, chosen and rejected ending on a stop token."""
 
     stop_ids: list[int] = field(default_factory=list)
-
-    def __post_init__(self) -> None:
-        self.processor = PromptTokens(self.processor)
-
-    def torch_call(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
-        return super().torch_call([self.render(example) for example in examples])
 
     def render(self, example: dict[str, Any]) -> dict[str, Any]:
         prompt = example["prompt"]
