@@ -151,18 +151,29 @@ def test_bad_inputs_exit_2_with_a_reason(tmp_path, capsys):
     assert "--stages: unknown dance" in capsys.readouterr().err
 
 
+KILL_ARGV = ["--questions_per_type", "2", "--question_temperature", "0",
+             "--response_max_tokens", "48", "--batch_size", "4", "--progress", "false"]  # fmt: skip
+
+
+def imagine_argv(model):
+    return [sys.executable, "-m", "pipeline.cli", "imagine", "--model", str(model), *KILL_ARGV]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tiny_model, tmp_path_factory):
+    """One uninterrupted run, the reference of both kill tests."""
+    out = tmp_path_factory.mktemp("whole")
+    subprocess.run([*imagine_argv(tiny_model("llava")), "--out", str(out)], check=True,
+                   env={**os.environ, "PYTHONUNBUFFERED": "1"}, capture_output=True)  # fmt: skip
+    return out
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("stage", ["questions", "responses"])
-def test_kill_9_then_rerun_loses_and_duplicates_nothing(tiny_model, tmp_path, stage):
+def test_kill_9_then_rerun_loses_and_duplicates_nothing(tiny_model, uninterrupted, tmp_path, stage):
     """A run really killed mid-stage, then rerun, equals an uninterrupted run."""
-    model = tiny_model("llava")
-    argv = [sys.executable, "-m", "pipeline.cli", "imagine", "--model", str(model),
-            "--questions_per_type", "2", "--question_temperature", "0",
-            "--response_max_tokens", "48", "--batch_size", "4", "--progress", "false"]  # fmt: skip
+    argv = imagine_argv(tiny_model("llava"))
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-
-    subprocess.run([*argv, "--out", str(tmp_path / "whole")], check=True, env=env,
-                   capture_output=True)  # fmt: skip
     killed = tmp_path / "killed"
     process = subprocess.Popen([*argv, "--out", str(killed)], env=env, stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
@@ -182,7 +193,7 @@ def test_kill_9_then_rerun_loses_and_duplicates_nothing(tiny_model, tmp_path, st
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert f"{before} cached" in resumed.stdout  # exactly what the killed run had flushed
     for name in ("questions.jsonl", "responses.jsonl"):
-        whole = [json.loads(line) for line in (tmp_path / "whole" / name).open()]
+        whole = [json.loads(line) for line in (uninterrupted / name).open()]
         again = [json.loads(line) for line in (killed / name).open()]
         keys = [r["key"] for r in again]
         assert len(keys) == len(set(keys)), f"{name}: a record was written twice"
