@@ -167,9 +167,9 @@ class BackendConfig:
         default=1.0, metadata={"help": "CPUs each replica holds (ray); its torch threads."}
     )
     ray_batch_size: int = field(
-        default=64,
-        metadata={"help": "Requests sent to a replica at a time (ray); a batch whose replica "
-                  "dies is run again whole on the restarted one."},
+        default=256,
+        metadata={"help": "Most requests sent to a replica at a time (ray): enough to keep a "
+                  "vLLM engine full; a batch whose replica dies is run again whole."},
     )  # fmt: skip
 
 

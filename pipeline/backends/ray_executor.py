@@ -41,8 +41,9 @@ class Replica:
     def pid(self) -> int:
         return os.getpid()
 
-    def generate(self, requests: Sequence[Request]) -> list[Completion]:
-        return list(self.backend.generate(requests))
+    def generate(self, requests: Sequence[Request], indices: Sequence[int]) -> list[Completion]:
+        """The completions of `requests`, numbered by `indices` (their places in the run)."""
+        return [replace(c, index=indices[c.index]) for c in self.backend.generate(requests)]
 
     def close(self) -> None:
         self.backend.close()
@@ -95,7 +96,7 @@ class RayBackend:
         name: str,
         model_id: str,
         replicas: int = 1,
-        batch_size: int = 64,
+        batch_size: int = 256,
         gpus_per_replica: float = 0.0,
         cpus_per_replica: float = 1.0,
     ):
@@ -119,7 +120,9 @@ class RayBackend:
     def generate(self, requests: Sequence[Request]) -> Iterator[Completion]:
         import ray
 
-        indices, size = list(range(len(requests))), self.batch_size
+        # Small runs are cut finer, so that every replica gets work.
+        per_replica = -(-len(requests) // (DEPTH * len(self.replicas)))
+        indices, size = list(range(len(requests))), max(1, min(self.batch_size, per_replica))
         batches = deque(indices[start : start + size] for start in range(0, len(indices), size))
         running: dict = {}  # ObjectRef -> (replica, batch)
         alive = list(self.replicas)
@@ -127,7 +130,7 @@ class RayBackend:
         def feed(replica) -> None:
             if batches:
                 batch = batches.popleft()
-                ref = replica.generate.remote([requests[i] for i in batch])
+                ref = replica.generate.remote([requests[i] for i in batch], batch)
                 running[ref] = (replica, batch)
 
         for replica in alive:
@@ -147,9 +150,8 @@ class RayBackend:
                 if not alive and batches:
                     raise RuntimeError(f"every {self.name} replica died; rerun to resume") from err
                 continue
-            for completion in done:
-                yield replace(completion, index=batch[completion.index])
-            feed(replica)
+            feed(replica)  # before the driver stores these: the replica never waits on it
+            yield from done
 
     def close(self) -> None:
         import ray
