@@ -29,7 +29,10 @@ EXPECTED = {
     "fsdp.yaml": DistributedType.FSDP,
     "zero2.yaml": DistributedType.DEEPSPEED,
     "zero3.yaml": DistributedType.DEEPSPEED,
+    # DDP's launcher (torchrun) on CPU: run by tests/test_distributed.py, on two "machines".
+    "ddp_cpu.yaml": DistributedType.MULTI_GPU,
 }
+GPU_CONFIGS = sorted(set(EXPECTED) - {"ddp_cpu.yaml"})
 
 
 def launch_env(name: str, options: list[str] = ()) -> dict[str, str]:
@@ -52,7 +55,7 @@ def test_every_config_is_checked():
     assert sorted(p.name for p in CONFIGS.glob("*.yaml")) == sorted(EXPECTED)
 
 
-@pytest.mark.parametrize("name", sorted(EXPECTED))
+@pytest.mark.parametrize("name", GPU_CONFIGS)
 def test_config_launches_one_machine_in_bf16(name):
     config = load_config_from_file(str(CONFIGS / name))
     assert config.distributed_type == EXPECTED[name]
@@ -67,6 +70,15 @@ def test_config_launches_one_machine_in_bf16(name):
     assert env.get("ACCELERATE_USE_FSDP") == (
         "true" if EXPECTED[name] == DistributedType.FSDP else None
     )
+
+
+def test_cpu_config_is_two_machines_of_one_process_in_float32():
+    config = load_config_from_file(str(CONFIGS / "ddp_cpu.yaml"))
+    assert (config.num_machines, config.num_processes, config.mixed_precision) == (2, 2, "no")
+    # use_cpu would take accelerate's single-process launcher: the Trainer's --use_cpu does it.
+    assert not config.use_cpu
+    env = launch_env("ddp_cpu.yaml", ["--machine_rank", "1", "--main_process_ip", "10.0.0.1"])
+    assert env["ACCELERATE_MIXED_PRECISION"] == "no"
 
 
 def deepspeed_plugin(name: str) -> DeepSpeedPlugin:
