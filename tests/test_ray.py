@@ -12,7 +12,7 @@ from dataclasses import replace
 from functools import partial
 
 import pytest
-from conftest import REPO, SAMPLES
+from conftest import CRITERIA, REPO, SAMPLES
 
 from imagination.imagine import ImagineConfig, _stage_sampling, run_imagine
 from imagination.prompts import load_templates
@@ -51,12 +51,22 @@ def images(tmp_path_factory):
     return folder
 
 
-def config(model, images, out, **extra) -> ImagineConfig:
+@pytest.fixture(scope="module")
+def criteria(tmp_path_factory):
+    """One question type of each tier: every kind of prompt, a third of the work."""
+    folder = tmp_path_factory.mktemp("criteria")
+    for name in ("false_premise", "subject_ambiguity", "hidden_human_preferences"):
+        shutil.copy(CRITERIA / f"{name}.yaml", folder)
+    return folder
+
+
+def config(model, images, criteria, out, **extra) -> ImagineConfig:
     # Greedy throughout: a sampled text depends on the batch it was drawn in, greedy ones
     # do not, so the two executors must agree text for text. The judge filter runs on hf
     # too, so every generating stage of imagine goes through the executor.
     return ImagineConfig(
-        model=str(model), images=str(images), out=str(out), question_max_tokens=12,
+        model=str(model), images=str(images), criteria=str(criteria), out=str(out),
+        question_max_tokens=12,
         question_temperature=0.0, response_max_tokens=16, judge_filter=True,
         judge_backend="hf", judge_max_tokens=6, drop_truncated=False, progress=False, **extra,
     )  # fmt: skip
@@ -68,15 +78,17 @@ def records(folder, name) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def in_process(tiny_model, images, tmp_path_factory):
+def in_process(tiny_model, images, criteria, tmp_path_factory):
     out = tmp_path_factory.mktemp("local")
-    return run_imagine(config(tiny_model("llava"), images, out)), out
+    return run_imagine(config(tiny_model("llava"), images, criteria, out)), out
 
 
 @pytest.fixture(scope="module")
-def on_ray(cluster, tiny_model, images, tmp_path_factory):
+def on_ray(cluster, tiny_model, images, criteria, tmp_path_factory):
     out = tmp_path_factory.mktemp("ray")
-    cfg = config(tiny_model("llava"), images, out, executor="ray", replicas=2, ray_batch_size=5)
+    cfg = config(
+        tiny_model("llava"), images, criteria, out, executor="ray", replicas=2, ray_batch_size=5
+    )
     return run_imagine(cfg), out, cfg
 
 
@@ -124,18 +136,19 @@ class DiesOnce:
 
 
 def test_a_replica_killed_mid_run_is_restarted_and_nothing_is_lost_or_doubled(
-    cluster, in_process, tiny_model, images, tmp_path
+    cluster, in_process, tiny_model, images, criteria, tmp_path
 ):
     from pipeline.backends.ray_executor import RayBackend
 
-    cfg = config(tiny_model("llava"), images, tmp_path)
+    cfg = config(tiny_model("llava"), images, criteria, tmp_path)
     items = question_items(
         list_images(cfg.images), load_criteria(cfg.criteria),
         load_templates(cfg.prompts)["question"], backend_identity(cfg), cfg.questions_per_type,
         _stage_sampling(cfg, "question"),
     )  # fmt: skip
     marker = tmp_path / "killed"
-    backend = RayBackend(partial(DiesOnce, cfg, str(marker)), "hf", cfg.model, 2, batch_size=3)
+    # 6 items in batches of 2: the first replica holds two batches, and dies in its second.
+    backend = RayBackend(partial(DiesOnce, cfg, str(marker)), "hf", cfg.model, 2, batch_size=2)
     try:
         with RecordStore(tmp_path / "questions.jsonl") as store:
             stats = run_stage("questions", items, backend, store, progress=False)
@@ -192,3 +205,30 @@ def test_keys_do_not_depend_on_the_executor(tiny_model):
 def test_an_unknown_executor_is_named():
     with pytest.raises(ValueError, match="--executor 'slurm': unknown; choose one of local, ray"):
         open_backend(ImagineConfig(executor="slurm"))
+
+
+@pytest.fixture(scope="module")
+def adapter(tiny_model, tmp_path_factory):
+    """A LoRA adapter with its training record, as `make train` leaves one (untrained)."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForImageTextToText
+
+    base = tiny_model("llava")
+    folder = tmp_path_factory.mktemp("adapter")
+    model = AutoModelForImageTextToText.from_pretrained(base)
+    lora = LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    get_peft_model(model, lora).save_pretrained(folder)
+    record = {"method": "crl", "conditioning": "good", "base_model": str(base)}
+    (folder / "macaroon.json").write_text(json.dumps(record))
+    return folder
+
+
+def test_eval_answers_of_an_adapter_on_ray_equal_in_process_ones(cluster, adapter, tmp_path):
+    from pipeline.cli import main
+
+    argv = ["generate", "--adapter", str(adapter), "--max_tokens", "6", "--progress", "false"]
+    assert main([*argv, "--out", str(tmp_path / "local")]) == 0
+    assert main([*argv, "--out", str(tmp_path / "ray"), "--executor", "ray"]) == 0
+    local, on_ray = (records(tmp_path / name, "generations.jsonl") for name in ("local", "ray"))
+    assert len(on_ray) == 24 and all(r["method"] == "crl" and r["status"] == "ok" for r in on_ray)
+    assert sorted(on_ray, key=lambda r: r["key"]) == sorted(local, key=lambda r: r["key"])
