@@ -6,7 +6,7 @@
    record store, in-process vs one Ray replica (goal: at most 10% slower).
 
 Replicas are started (models loaded) before the clock starts: loading is the same work
-either way. Run: .venv/bin/python benchmarks/bench_ray.py [--n 48] [--items 2000]
+either way. Run: .venv/bin/python benchmarks/bench_ray.py [--n 64] [--items 2000]
 """
 
 from __future__ import annotations
@@ -39,14 +39,16 @@ def hf_seconds(model: Path, replicas: int, n: int, max_tokens: int) -> float:
         torch.set_num_threads(1)  # as a replica holding one CPU runs
         backend = open_backend(cfg)
     try:
-        list(backend.generate(requests(2 * replicas, max_tokens)))  # warm-up
-        start = time.perf_counter()
-        done = list(backend.generate(requests(n, max_tokens)))
-        seconds = time.perf_counter() - start
+        list(backend.generate(requests(16 * max(1, replicas), max_tokens)))  # warm-up
+        times = []
+        for _ in range(3):  # best of 3: a shared machine is noisy
+            start = time.perf_counter()
+            done = list(backend.generate(requests(n, max_tokens)))
+            times.append(time.perf_counter() - start)
+            assert len(done) == n and all(c.ok for c in done)
     finally:
         backend.close()
-    assert len(done) == n and all(c.ok for c in done)
-    return seconds
+    return min(times)
 
 
 def stage_seconds(backend, items, folder: Path) -> float:
@@ -59,7 +61,7 @@ def stage_seconds(backend, items, folder: Path) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--n", type=int, default=48, help="hf requests")
+    parser.add_argument("--n", type=int, default=64, help="hf requests")
     parser.add_argument("--max_tokens", type=int, default=32)
     parser.add_argument("--items", type=int, default=2000, help="instant-backend items")
     args = parser.parse_args()
