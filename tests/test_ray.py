@@ -202,9 +202,11 @@ def test_keys_do_not_depend_on_the_executor(tiny_model):
     assert backend_identity(scaled) == backend_identity(cfg)
 
 
-def test_an_unknown_executor_is_named():
+def test_bad_executor_options_are_named():
     with pytest.raises(ValueError, match="--executor 'slurm': unknown; choose one of local, ray"):
         open_backend(ImagineConfig(executor="slurm"))
+    with pytest.raises(ValueError, match="--replicas 0, --ray_batch_size 256: both must be >= 1"):
+        open_backend(ImagineConfig(executor="ray", replicas=0))
 
 
 @pytest.fixture(scope="module")

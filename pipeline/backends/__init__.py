@@ -270,6 +270,10 @@ def _check_executor(cfg: BackendConfig) -> None:
         raise ValueError(
             f"--executor {cfg.executor!r}: unknown; choose one of {', '.join(EXECUTORS)}"
         )
+    if cfg.executor == "ray" and min(cfg.replicas, cfg.ray_batch_size) < 1:
+        raise ValueError(
+            f"--replicas {cfg.replicas}, --ray_batch_size {cfg.ray_batch_size}: both must be >= 1"
+        )
 
 
 def close_backend(backend: Backend) -> None:

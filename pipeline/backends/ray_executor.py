@@ -66,8 +66,8 @@ def connect(address: str | None) -> None:
     """
     try:
         import ray
-    except ImportError as err:
-        raise RuntimeError(
+    except ImportError as err:  # a ValueError: the CLI says it in one line, exit status 2
+        raise ValueError(
             "--executor ray needs Ray: pip install -e '.[ray]' (make setup installs it)"
         ) from err
     if ray.is_initialized():
