@@ -193,6 +193,20 @@ def test_replicas_see_the_drivers_offline_settings(cluster, monkeypatch):
     assert done.text == "HF_HUB_OFFLINE=1 VLLM_NO_USAGE_STATS=1"
 
 
+def missing_model():
+    raise OSError("outputs/models/nowhere is not a model folder")
+
+
+def test_a_replica_that_cannot_load_its_model_stops_the_run_with_the_reason(cluster):
+    from pipeline.backends.ray_executor import RayBackend
+
+    with pytest.raises(
+        RuntimeError,
+        match="a hf replica could not start: OSError: outputs/models/nowhere is not a model",
+    ):
+        RayBackend(missing_model, "hf", "nowhere", replicas=1)
+
+
 def test_keys_do_not_depend_on_the_executor(tiny_model):
     cfg = ImagineConfig(model=str(tiny_model("llava")))
     scaled = replace(

@@ -115,7 +115,9 @@ class RayBackend:
             self.pids = ray.get([r.pid.remote() for r in self.replicas])
         except ray.exceptions.RayError as err:
             self.close()
-            raise RuntimeError(f"a {name} replica could not start: {err}") from err
+            # Ray's message is the replica's whole traceback; its last line is the reason.
+            reason = str(err).strip().splitlines()[-1]
+            raise RuntimeError(f"a {name} replica could not start: {reason}") from err
 
     def generate(self, requests: Sequence[Request]) -> Iterator[Completion]:
         import ray
