@@ -74,7 +74,7 @@ def connect(address: str | None) -> None:
         return
     if address or os.environ.get("RAY_ADDRESS"):
         ray.init(address=address, log_to_driver=True)
-    else:  # on loopback only: a local cluster is nobody else's business
+    else:  # the node goes by 127.0.0.1 (no lookup of this machine's address), no dashboard
         ray.init(include_dashboard=False, _node_ip_address="127.0.0.1")
 
 
