@@ -66,9 +66,9 @@ def config(model, images, criteria, out, **extra) -> ImagineConfig:
     # too, so every generating stage of imagine goes through the executor.
     return ImagineConfig(
         model=str(model), images=str(images), criteria=str(criteria), out=str(out),
-        question_max_tokens=12,
-        question_temperature=0.0, response_max_tokens=16, judge_filter=True,
-        judge_backend="hf", judge_max_tokens=6, drop_truncated=False, progress=False, **extra,
+        question_max_tokens=12, question_temperature=0.0, response_max_tokens=16,
+        judge_filter=True, judge_backend="hf", judge_max_tokens=6, drop_truncated=False,
+        progress=False, **extra,
     )  # fmt: skip
 
 
