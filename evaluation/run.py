@@ -6,6 +6,7 @@ import json
 import re
 import time
 from dataclasses import asdict, dataclass, field, replace
+from functools import partial
 from pathlib import Path
 
 from evaluation.metrics import FAILED, UNPARSED, summarize, type_metrics
@@ -19,6 +20,7 @@ from pipeline.backends import (
     Sampling,
     backend_identity,
     close_backend,
+    on_executor,
     open_backend,
 )
 from pipeline.criteria import load_criteria
@@ -187,6 +189,10 @@ def _answer_backend(cfg: EvalConfig) -> Backend:
             "--adapter runs on the hf backend; for vllm or openai, train with --merge true "
             "and pass OUT/merged as --model"
         )
+    return on_executor(cfg, partial(_adapter_backend, replace(cfg, executor="local")))
+
+
+def _adapter_backend(cfg: EvalConfig) -> Backend:
     # Left at its default, --model means "the adapter's own base" (from macaroon.json).
     base = None if cfg.model == BackendConfig.model else cfg.model
     return TrainedModelBackend(

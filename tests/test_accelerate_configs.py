@@ -29,12 +29,20 @@ EXPECTED = {
     "fsdp.yaml": DistributedType.FSDP,
     "zero2.yaml": DistributedType.DEEPSPEED,
     "zero3.yaml": DistributedType.DEEPSPEED,
+    # DDP's launcher (torchrun) on CPU: run by tests/test_distributed.py, on two "machines".
+    "ddp_cpu.yaml": DistributedType.MULTI_GPU,
 }
+GPU_CONFIGS = sorted(set(EXPECTED) - {"ddp_cpu.yaml"})
 
 
 def launch_env(name: str, options: list[str] = ()) -> dict[str, str]:
     """The environment `accelerate launch --config_file NAME [OPTIONS] -m pipeline.cli train`
     gives the training processes."""
+    return launch(name, options)[1]
+
+
+def launch(name: str, options: list[str] = ()) -> tuple:
+    """(args, environment) of that launch, args as accelerate hands them to torchrun."""
     argv = ["--config_file", str(CONFIGS / name), *options, "-m", "pipeline.cli", "train"]
     args, defaults, mixed_precision_from_config = _validate_launch_command(
         launch_command_parser().parse_args(argv)
@@ -44,15 +52,15 @@ def launch_env(name: str, options: list[str] = ()) -> dict[str, str]:
         fields = list(defaults.deepspeed_config)
         fields += ["mixed_precision"] if mixed_precision_from_config else []
         args.deepspeed_fields_from_accelerate_config = ",".join(fields)
-        return prepare_deepspeed_cmd_env(args)[1]
-    return prepare_multi_gpu_env(args)
+        return args, prepare_deepspeed_cmd_env(args)[1]
+    return args, prepare_multi_gpu_env(args)
 
 
 def test_every_config_is_checked():
     assert sorted(p.name for p in CONFIGS.glob("*.yaml")) == sorted(EXPECTED)
 
 
-@pytest.mark.parametrize("name", sorted(EXPECTED))
+@pytest.mark.parametrize("name", GPU_CONFIGS)
 def test_config_launches_one_machine_in_bf16(name):
     config = load_config_from_file(str(CONFIGS / name))
     assert config.distributed_type == EXPECTED[name]
@@ -67,6 +75,28 @@ def test_config_launches_one_machine_in_bf16(name):
     assert env.get("ACCELERATE_USE_FSDP") == (
         "true" if EXPECTED[name] == DistributedType.FSDP else None
     )
+
+
+def test_cpu_config_is_two_machines_of_one_process_in_float32():
+    config = load_config_from_file(str(CONFIGS / "ddp_cpu.yaml"))
+    assert (config.num_machines, config.num_processes, config.mixed_precision) == (2, 2, "no")
+    # use_cpu would take accelerate's single-process launcher: the Trainer's --use_cpu does it.
+    assert not config.use_cpu
+    env = launch_env("ddp_cpu.yaml", ["--machine_rank", "1", "--main_process_ip", "10.0.0.1"])
+    assert env["ACCELERATE_MIXED_PRECISION"] == "no"
+
+
+@pytest.mark.parametrize("name", GPU_CONFIGS)
+def test_the_multi_node_recipe_starts_each_machines_share(name):
+    """README: the same line on every machine, only --machine_rank differs."""
+    options = ["--num_machines", "2", "--num_processes", "16", "--machine_rank", "1",
+               "--main_process_ip", "10.0.0.1", "--main_process_port", "29500"]  # fmt: skip
+    args, _ = launch(name, options)
+    # What torchrun is given: 8 processes here, as node 1 of 2, meeting at the head.
+    assert (args.nnodes, args.node_rank, args.nproc_per_node) == ("2", 1, "8")
+    assert args.rdzv_endpoint == "10.0.0.1:29500"
+    if args.use_deepspeed:  # torchrun on each machine, not DeepSpeed's ssh launcher
+        assert args.deepspeed_multinode_launcher == "standard"
 
 
 def deepspeed_plugin(name: str) -> DeepSpeedPlugin:

@@ -1,4 +1,6 @@
-"""Two CPU processes (torchrun, gloo) train one adapter: both ranks end with the same one."""
+"""Two machines' worth of training, on one host: `accelerate launch` with the CPU variant of
+the DDP config (configs/accelerate/ddp_cpu.yaml), once per machine rank, as the README's
+multi-node recipe runs it. Both ranks (gloo) end with the same adapter."""
 
 import json
 import os
@@ -12,7 +14,10 @@ import torch
 from safetensors.torch import load_file
 from train_data import save_templated
 
+from pipeline import REPO_ROOT
 from pipeline.serve import free_port
+
+CONFIG = REPO_ROOT / "configs" / "accelerate" / "ddp_cpu.yaml"
 
 SCRIPT = textwrap.dedent(
     """
@@ -43,19 +48,26 @@ SCRIPT = textwrap.dedent(
 
 
 @pytest.mark.slow
-def test_two_processes_train_the_same_adapter(tiny_model, tmp_path):
-    torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable))
+def test_two_machines_train_the_same_adapter(tiny_model, tmp_path):
+    accelerate = shutil.which("accelerate", path=os.path.dirname(sys.executable))
     data = save_templated(tmp_path / "data", image_names=range(1, 3))
     script = tmp_path / "ddp_train.py"
     script.write_text(SCRIPT)
-    out = tmp_path / "out"
-    run = subprocess.run(
-        [torchrun, "--nproc_per_node", "2", "--master_port", str(free_port()), str(script),
-         str(data), str(tiny_model("llava")), str(out)],
-        capture_output=True, text=True, timeout=600,
-        env={**os.environ, "PYTHONPATH": os.getcwd(), "OMP_NUM_THREADS": "1"},
-    )  # fmt: skip
-    assert run.returncode == 0, run.stderr[-4000:]
+    out, port = tmp_path / "out", str(free_port())
+    env = {**os.environ, "PYTHONPATH": os.getcwd(), "OMP_NUM_THREADS": "1"}
+    machines = []
+    for rank in (0, 1):  # the command each machine runs; here both on 127.0.0.1
+        argv = [accelerate, "launch", "--config_file", str(CONFIG), "--machine_rank", str(rank),
+                "--main_process_ip", "127.0.0.1", "--main_process_port", port, str(script),
+                str(data), str(tiny_model("llava")), str(out)]  # fmt: skip
+        machines.append(
+            subprocess.Popen(
+                argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
+            )
+        )
+    for machine in machines:
+        log = machine.communicate(timeout=600)[0]
+        assert machine.returncode == 0, log[-4000:]
     rank0, rank1 = load_file(out / "rank0.safetensors"), load_file(out / "rank1.safetensors")
     assert rank0.keys() == rank1.keys() and all(torch.equal(rank0[k], rank1[k]) for k in rank0)
     saved = load_file(out / "adapter_model.safetensors")

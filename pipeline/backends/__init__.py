@@ -9,8 +9,9 @@ chat layout, with `{"type": "image"}` parts filled from `Request.images` in orde
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Protocol
 
@@ -90,6 +91,7 @@ def generate_in_order(backend: Backend, requests: Sequence[Request]) -> list[Com
 
 
 BACKENDS = ("hf", "vllm", "openai")
+EXECUTORS = ("local", "ray")
 
 
 @dataclass
@@ -141,6 +143,34 @@ class BackendConfig:
                   "servers such as vLLM take and OpenAI's API refuses (openai). Unset: everywhere "
                   "but api.openai.com, so a server's model defaults never replace ours."},
     )  # fmt: skip
+    executor: str = field(
+        default="local",
+        metadata={"help": "Where the hf or vllm model runs: `local` (this process) or `ray` "
+                  "(--replicas Ray actors, fed batches; the store stays in this process). The "
+                  "openai backend always runs here: its server is what scales."},
+    )  # fmt: skip
+    ray_address: str | None = field(
+        default=None,
+        metadata={"help": "Ray cluster to join (ray): `auto` (the one `ray start` runs on "
+                  "this machine) or ray://HEAD:10001. Unset: RAY_ADDRESS, else a local cluster "
+                  "started for the run."},
+    )  # fmt: skip
+    replicas: int = field(
+        default=1, metadata={"help": "Model replicas (ray), each loading the model once."}
+    )
+    gpus_per_replica: float | None = field(
+        default=None,
+        metadata={"help": "GPUs each replica holds (ray). Unset: tensor_parallel_size (vllm) "
+                  "or 1 (hf) on a cluster with GPUs, else 0."},
+    )  # fmt: skip
+    cpus_per_replica: float = field(
+        default=1.0, metadata={"help": "CPUs each replica holds (ray); its torch threads."}
+    )
+    ray_batch_size: int = field(
+        default=256,
+        metadata={"help": "Most requests sent to a replica at a time (ray): enough to keep a "
+                  "vLLM engine full; a batch whose replica dies is run again whole."},
+    )  # fmt: skip
 
 
 def backend_identity(cfg: BackendConfig) -> dict:
@@ -166,7 +196,11 @@ def open_backend(cfg: BackendConfig, extra_body: dict | None = None) -> Backend:
     """The backend `cfg` names, ready to generate (a local server is started if needed).
 
     `extra_body` goes into every request of the openai backend (e.g. `response_format`).
+    With `--executor ray`, hf and vllm run as replicas on a Ray cluster (ray_executor.py).
     """
+    _check_executor(cfg)
+    if cfg.executor == "ray" and cfg.backend in ("hf", "vllm"):
+        return on_executor(cfg, partial(open_backend, replace(cfg, executor="local")))
     if cfg.backend == "hf":
         from pipeline.backends.hf import HFBackend
 
@@ -210,6 +244,36 @@ def open_backend(cfg: BackendConfig, extra_body: dict | None = None) -> Backend:
         backend.server = server  # stopped by close_backend
         return backend
     raise ValueError(f"--backend {cfg.backend!r}: unknown; choose one of {', '.join(BACKENDS)}")
+
+
+def on_executor(cfg: BackendConfig, factory: Callable[[], Backend]) -> Backend:
+    """`factory()` here (--executor local), or `--replicas` copies of it on Ray (ray).
+
+    `factory` must pickle (a module-level function, a `functools.partial` of one): each
+    replica calls it in its own process.
+    """
+    _check_executor(cfg)
+    if cfg.executor == "local":
+        return factory()
+    from pipeline.backends.ray_executor import RayBackend, connect, default_gpus
+
+    connect(cfg.ray_address)
+    gpus = cfg.gpus_per_replica if cfg.gpus_per_replica is not None else default_gpus(cfg)
+    return RayBackend(
+        factory, cfg.backend, cfg.model, cfg.replicas, cfg.ray_batch_size, gpus,
+        cfg.cpus_per_replica,
+    )  # fmt: skip
+
+
+def _check_executor(cfg: BackendConfig) -> None:
+    if cfg.executor not in EXECUTORS:
+        raise ValueError(
+            f"--executor {cfg.executor!r}: unknown; choose one of {', '.join(EXECUTORS)}"
+        )
+    if cfg.executor == "ray" and min(cfg.replicas, cfg.ray_batch_size) < 1:
+        raise ValueError(
+            f"--replicas {cfg.replicas}, --ray_batch_size {cfg.ray_batch_size}: both must be >= 1"
+        )
 
 
 def close_backend(backend: Backend) -> None:
