@@ -82,6 +82,40 @@ def test_grpo_raises_the_rate_of_the_rewarded_behaviour(tiny_model, data, tmp_pa
     assert record["method"] == "grpo" and record["conditioning"] is None
 
 
+def test_grpo_from_a_crl_adapter_keeps_its_good_conditioning(tiny_model, data, tmp_path):
+    """--init_adapter: GRPO continues the CRL adapter, samples with `good` before every
+    question, and its record tells evaluation to add `good` too."""
+    from trainers.inference import conditioned, read_record
+
+    model = tiny_model("llava")
+    crl = tmp_path / "crl"
+    assert main(["train", "--config", "configs/train/crl.yaml", "--data", str(data),
+                 "--model_name_or_path", str(model), "--output_dir", str(crl),
+                 "--max_steps", "1", "--per_device_train_batch_size", "2",
+                 "--gradient_accumulation_steps", "1", "--save_strategy", "no"]) == 0  # fmt: skip
+    seen = []
+
+    def rule(prompts, completions, **_):
+        seen.extend(p[0]["content"][-1]["text"] for p in prompts)
+        return [1.0 if i % 2 else 0.0 for i in range(len(prompts))]
+
+    from trl import GRPOConfig, ModelConfig
+
+    cfg = MacaroonTrainConfig(method="grpo", data=str(data), init_adapter=str(crl))
+    args = GRPOConfig(
+        output_dir=str(tmp_path / "grpo"), max_steps=1, num_generations=2,
+        per_device_train_batch_size=2, gradient_accumulation_steps=1, max_completion_length=4,
+        save_strategy="no", report_to="none", bf16=False,
+    )  # fmt: skip
+    train(cfg, ModelConfig(model_name_or_path=str(model), use_peft=True), args, judge=rule)
+    assert seen and all(text.startswith("good ") for text in seen)
+    record = read_record(tmp_path / "grpo")
+    assert record["method"] == "grpo" and record["init_method"] == "crl"
+    assert record["conditioning"] == "good" and record["lora"]["r"] == 16  # the CRL adapter's
+    question = [{"role": "user", "content": [{"type": "text", "text": "Why?"}]}]
+    assert conditioned(question, record)[0]["content"][0]["text"] == "good Why?"
+
+
 # ---- integration: the rubric judge on loopback, failures, the cache ------------------
 
 
