@@ -84,7 +84,8 @@ def test_grpo_raises_the_rate_of_the_rewarded_behaviour(tiny_model, data, tmp_pa
 
 def test_grpo_from_a_crl_adapter_keeps_its_good_conditioning(tiny_model, data, tmp_path):
     """--init_adapter: GRPO continues the CRL adapter, samples with `good` before every
-    question, and its record tells evaluation to add `good` too."""
+    question, and its record tells evaluation to add `good` too. An answer whose reward is
+    None is left out of its group, not scored 0."""
     from trainers.inference import conditioned, read_record
 
     model = tiny_model("llava")
@@ -97,18 +98,22 @@ def test_grpo_from_a_crl_adapter_keeps_its_good_conditioning(tiny_model, data, t
 
     def rule(prompts, completions, **_):
         seen.extend(p[0]["content"][-1]["text"] for p in prompts)
-        return [1.0 if i % 2 else 0.0 for i in range(len(prompts))]
+        return [None, 1.0, 0.0, 1.0]  # None: no verdict
 
     from trl import GRPOConfig, ModelConfig
 
     cfg = MacaroonTrainConfig(method="grpo", data=str(data), init_adapter=str(crl))
     args = GRPOConfig(
-        output_dir=str(tmp_path / "grpo"), max_steps=1, num_generations=2,
-        per_device_train_batch_size=2, gradient_accumulation_steps=1, max_completion_length=4,
-        save_strategy="no", report_to="none", bf16=False,
+        output_dir=str(tmp_path / "grpo"), max_steps=1, num_generations=4,
+        per_device_train_batch_size=4, gradient_accumulation_steps=1, max_completion_length=4,
+        save_strategy="no", report_to="none", bf16=False, logging_steps=1,
     )  # fmt: skip
-    train(cfg, ModelConfig(model_name_or_path=str(model), use_peft=True), args, judge=rule)
+    trainer = train(cfg, ModelConfig(model_name_or_path=str(model), use_peft=True), args,
+                    judge=rule)  # fmt: skip
     assert seen and all(text.startswith("good ") for text in seen)
+    # The answer without a verdict is left out of its group's mean (2/3), not scored 0 (1/2).
+    logged = [h for h in trainer.state.log_history if "reward" in h]
+    assert logged[0]["reward"] == pytest.approx(2 / 3)
     record = read_record(tmp_path / "grpo")
     assert record["method"] == "grpo" and record["init_method"] == "crl"
     assert record["conditioning"] == "good" and record["lora"]["r"] == 16  # the CRL adapter's

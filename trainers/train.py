@@ -199,6 +199,8 @@ def train(
 
     check_start(cfg, model_args, args.trust_remote_code)
     init = init_record(cfg)
+    if init:
+        _check_init_base(cfg.init_adapter, init, model_args.model_name_or_path)
     reward = _reward(cfg, judge, args) if cfg.method == "grpo" else None
     if cfg.method == "grpo":
         conditioning = (init or {}).get("conditioning")
@@ -257,7 +259,13 @@ def train(
         if hasattr(reward, "close"):  # the judge's server and record store
             reward.close()
     if hasattr(reward, "counts"):
-        record = functools.partial(record, judge=dict(reward.counts))
+        counts = {k: reward.counts[k] for k in ("calls", "cached", "judged", "unparsed", "failed")}
+        record = functools.partial(record, judge=counts)
+        print(
+            f"reward judge: {counts['calls']} calls, {counts['cached']} from the record store; "
+            f"{counts['judged']} judged, {counts['unparsed']} unparsed and {counts['failed']} "
+            "failed (no reward: left out of their groups)"
+        )
     out = Path(args.output_dir)
     trainer.save_model(str(out))
     trainer.save_state()  # trainer_state.json: the logged losses and rewards
@@ -362,6 +370,17 @@ class CheckpointRecord(TrainerCallback):
             seconds = round(time.monotonic() - self.started, 1)
             write_record(folder, self.record(steps=state.global_step, seconds=seconds))
         return control
+
+
+def _check_init_base(adapter: str, init: dict, model: str) -> None:
+    base = init.get("base_model")
+    same = base == model or (base and Path(base).exists() and Path(model).exists()
+                             and Path(base).resolve() == Path(model).resolve())  # fmt: skip
+    if not same:
+        raise DataError(
+            f"--init_adapter {adapter} was trained on {base}, not --model_name_or_path "
+            f"{model}: pass MODEL={base}"
+        )
 
 
 def _reward(cfg: MacaroonTrainConfig, judge, args):
