@@ -10,6 +10,7 @@ import json
 import shutil
 
 import pytest
+from conftest import CRITERIA
 from fault_proxy import fault_proxy
 from train_data import PREFERRED, REJECTED, save_templated
 
@@ -124,12 +125,31 @@ def test_grpo_from_a_crl_adapter_keeps_its_good_conditioning(tiny_model, data, t
 # ---- integration: the rubric judge on loopback, failures, the cache ------------------
 
 
-def test_bad_grpo_inputs_are_refused_before_training(tmp_path, data, capsys):
+def test_bad_grpo_inputs_are_refused_before_training(tiny_model, tmp_path, data, capsys):
+    argv = [
+        "train",
+        "--config",
+        "configs/train/grpo.yaml",
+        "--data",
+        str(data),
+        "--model_name_or_path",
+        str(tiny_model("llava")),
+        "--output_dir",
+        str(tmp_path / "o"),
+    ]
+    # The default judge is an API model: without its key, say how to judge instead.
+    assert main([*argv, "--judge_api_key_env", "NO_SUCH_KEY_VARIABLE"]) == 2
+    assert "needs an API key in $NO_SUCH_KEY_VARIABLE" in capsys.readouterr().err
+    argv += ["--judge_base_url", "http://127.0.0.1:9/v1"]
     # --init_adapter must be a CRL or SFT adapter with its record.
-    assert main(["train", "--config", "configs/train/grpo.yaml", "--data", str(data),
-                 "--init_adapter", str(tmp_path), "--output_dir", str(tmp_path / "o"),
-                 "--judge_base_url", "http://127.0.0.1:9/v1"]) == 2  # fmt: skip
+    assert main([*argv, "--init_adapter", str(tmp_path)]) == 2
     assert "holds no macaroon.json" in capsys.readouterr().err
+    # Questions of a type the criteria do not know cannot be rewarded.
+    criteria = tmp_path / "criteria"
+    criteria.mkdir()
+    shutil.copy(CRITERIA / "false_premise.yaml", criteria)
+    assert main([*argv, "--criteria", str(criteria)]) == 2
+    assert "Subject Ambiguity have no rubric in --criteria" in capsys.readouterr().err
     with pytest.raises(ValueError, match="--init_adapter starts METHOD=grpo"):
         MacaroonTrainConfig(method="crl", init_adapter=str(tmp_path))
     with pytest.raises(ValueError, match="--length_penalty"):
