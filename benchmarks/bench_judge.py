@@ -4,8 +4,10 @@ The original evaluation judged one response at a time. Here the judge stage (rub
 prompts, record store, openai backend) runs against a stub OpenAI-compatible server
 that answers every call after 100 ms, in a process of its own; a rerun of the same
 judgments must make zero calls. Targets: >= 20x and >= 80% of the ideal 320 calls/s.
-The GRPO reward (trainers/reward.py) judges each batch of sampled answers through the
-same code: it is timed the same way, a batch of 64 answers per call, with the same target.
+The GRPO reward (trainers/reward.py) judges each generation batch of sampled answers
+through the same code: it is timed the same way, 32 answers per call (the generation batch
+of configs/train/grpo.yaml: 4 questions x 8 answers). Each call waits for its slowest
+answer, as a GRPO step must, so it stays below the stage's figure.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from pipeline.store import RecordStore  # noqa: E402
 from trainers.config import RewardJudgeConfig  # noqa: E402
 from trainers.reward import JudgeReward  # noqa: E402
 
+BATCH = 32  # answers per GRPO reward call: configs/train/grpo.yaml's generation batch
 IMAGES = sorted((REPO / "datasets" / "samples" / "images").glob("*.jpg"))
 
 
@@ -52,15 +55,15 @@ def judge(base_url: str, work: list, concurrency: int, store_path: Path) -> tupl
 
 
 def reward(base_url: str, n: int, concurrency: int, store_path: Path, tag: str) -> float:
-    """Calls/s of the GRPO reward judging `n` distinct answers, 64 per reward call."""
+    """Calls/s of the GRPO reward judging `n` distinct answers, BATCH per reward call."""
     cfg = RewardJudgeConfig(judge_model="judge", judge_base_url=base_url,
                             judge_concurrency=concurrency, judge_max_tokens=64)  # fmt: skip
     judge = JudgeReward(cfg, store_path, max_completion_length=256)
     types = list(judge.types)
     try:
         start = time.perf_counter()
-        for first in range(0, n, 64):
-            batch = range(first, min(first + 64, n))
+        for first in range(0, n, BATCH):
+            batch = range(first, min(first + BATCH, n))
             judge(prompts=[None] * len(batch), completions=[f"answer {tag} {i}" for i in batch],
                   question=[f"question {i}?" for i in batch],
                   question_type=[types[i % len(types)] for i in batch],
