@@ -89,7 +89,7 @@ build: $(STAMP) ## rebuild the dataset from the stored records, no model calls
 import: $(STAMP) ## original MACAROON files: make import FILES="a.json b.json" OUT=dir
 	$(BIN)/macaroon import $(FILES) --out $(or $(OUT),outputs/import) $(ARGS)
 
-# make train METHOD=crl|sft|dpo|dpo_original|multiturn|sft_after_multiturn (configs/train/METHOD.yaml)
+# make train METHOD=crl|sft|dpo|dpo_original|multiturn|sft_after_multiturn|grpo (configs/train/METHOD.yaml)
 #            [DATA=dir] [GENERAL=dir|json]
 #            [MODEL=..] [OUT=dir] [MAX_STEPS=n] [ARGS="--option value ..."]
 METHOD ?= crl

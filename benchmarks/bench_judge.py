@@ -1,9 +1,13 @@
-"""Judging throughput: `macaroon judge` at concurrency 32 vs one call at a time.
+"""Judging throughput: `macaroon judge` and METHOD=grpo's reward, at concurrency 32 vs 1.
 
 The original evaluation judged one response at a time. Here the judge stage (rubric
 prompts, record store, openai backend) runs against a stub OpenAI-compatible server
 that answers every call after 100 ms, in a process of its own; a rerun of the same
 judgments must make zero calls. Targets: >= 20x and >= 80% of the ideal 320 calls/s.
+The GRPO reward (trainers/reward.py) judges each generation batch of sampled answers
+through the same code: it is timed the same way, 32 answers per call (the generation batch
+of configs/train/grpo.yaml: 4 questions x 8 answers). Each call waits for its slowest
+answer, as a GRPO step must, so it stays below the stage's figure.
 """
 
 from __future__ import annotations
@@ -25,7 +29,10 @@ from pipeline.criteria import load_criteria  # noqa: E402
 from pipeline.judge import judge_item, load_judge_template  # noqa: E402
 from pipeline.runner import run_stage  # noqa: E402
 from pipeline.store import RecordStore  # noqa: E402
+from trainers.config import RewardJudgeConfig  # noqa: E402
+from trainers.reward import JudgeReward  # noqa: E402
 
+BATCH = 32  # answers per GRPO reward call: configs/train/grpo.yaml's generation batch
 IMAGES = sorted((REPO / "datasets" / "samples" / "images").glob("*.jpg"))
 
 
@@ -47,6 +54,27 @@ def judge(base_url: str, work: list, concurrency: int, store_path: Path) -> tupl
         return len(work) / (time.perf_counter() - start), stats.generated + stats.failed
 
 
+def reward(base_url: str, n: int, concurrency: int, store_path: Path, tag: str) -> float:
+    """Calls/s of the GRPO reward judging `n` distinct answers, BATCH per reward call."""
+    cfg = RewardJudgeConfig(judge_model="judge", judge_base_url=base_url,
+                            judge_concurrency=concurrency, judge_max_tokens=64)  # fmt: skip
+    judge = JudgeReward(cfg, store_path, max_completion_length=256)
+    types = list(judge.types)
+    try:
+        start = time.perf_counter()
+        for first in range(0, n, BATCH):
+            batch = range(first, min(first + BATCH, n))
+            judge(prompts=[None] * len(batch), completions=[f"answer {tag} {i}" for i in batch],
+                  question=[f"question {i}?" for i in batch],
+                  question_type=[types[i % len(types)] for i in batch],
+                  image_path=[str(IMAGES[i % len(IMAGES)]) for i in batch])  # fmt: skip
+        seconds = time.perf_counter() - start
+    finally:
+        judge.close()
+    assert judge.counts["calls"] == n, judge.counts
+    return n / seconds
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--delay", type=float, default=0.1)
@@ -59,13 +87,17 @@ def main() -> None:
         work = items(args.concurrent, "c")
         concurrent, _ = judge(base_url, work, 32, Path(tmp) / "c.jsonl")
         _, rerun_calls = judge(base_url, work, 32, Path(tmp) / "c.jsonl")
+        reward_one = reward(base_url, args.sequential, 1, Path(tmp) / "r1.jsonl", "s")
+        reward_32 = reward(base_url, args.concurrent, 32, Path(tmp) / "r32.jsonl", "c")
     ideal = 32 / args.delay
     print(f"sequential: {sequential:.1f} calls/s; concurrency 32: {concurrent:.1f} calls/s")
+    print(f"GRPO reward: sequential {reward_one:.1f} calls/s; concurrency 32: {reward_32:.1f}")
     print(
         f"judge concurrency 32 vs one at a time: ratio {concurrent / sequential:.1f}x "
         f"(target 20x), "
         f"{concurrent / ideal:.0%} of ideal {ideal:.0f}/s (target 80%); cached rerun: "
-        f"{rerun_calls} calls"
+        f"{rerun_calls} calls; GRPO reward: ratio {reward_32 / reward_one:.1f}x, "
+        f"{reward_32 / ideal:.0%} of ideal"
     )
 
 

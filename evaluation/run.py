@@ -26,13 +26,12 @@ from pipeline.backends import (
 from pipeline.criteria import load_criteria
 from pipeline.fingerprint import folder_hash, model_identity
 from pipeline.image_limits import processor_kwargs
-from pipeline.judge import judge_item, load_judge_template, parse_verdict
+from pipeline.judge import DEFAULT_JUDGE, judge_item, load_judge_template, parse_verdict
 from pipeline.lock import folder_lock
 from pipeline.runner import Item, StageStats, pending, run_stage, stored_stats
 from pipeline.store import RecordStore, file_hash, record_key
 from trainers.inference import TrainedModelBackend, conditioned, read_record
 
-DEFAULT_JUDGE = "gpt-4o-2024-08-06"  # a dated snapshot: verdicts stay comparable over time
 STAGES = ("generate", "judge", "report")
 
 

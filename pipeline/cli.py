@@ -192,28 +192,30 @@ def _leading_paths(argv: Sequence[str]) -> list[str]:
 
 def cmd_train(argv: Sequence[str]) -> int:
     import torch
-    from trl import DPOConfig, ModelConfig, SFTConfig
+    from trl import DPOConfig, GRPOConfig, ModelConfig, SFTConfig
 
-    from trainers.config import METHODS, MacaroonTrainConfig
+    from trainers.config import METHODS, MacaroonTrainConfig, RewardJudgeConfig
     from trainers.train import run_train
 
     method = _peek_method(argv)
     if method not in METHODS:
         raise ValueError(f"METHOD {method!r}: unknown; choose one of {', '.join(METHODS)}")
-    args_class = DPOConfig if METHODS[method][1] == "dpo" else SFTConfig
+    trainer = METHODS[method][1]
+    classes = [MacaroonTrainConfig, ModelConfig,
+               {"dpo": DPOConfig, "grpo": GRPOConfig}.get(trainer, SFTConfig)]  # fmt: skip
+    if trainer == "grpo":
+        classes.append(RewardJudgeConfig)
     defaults = {"model_name_or_path": DEFAULT_MODEL, "output_dir": f"outputs/train/{method}"}
     if not torch.cuda.is_available():
         defaults["bf16"] = False  # transformers refuses bf16 without a GPU
-    cfg, model_args, args = parse_config(
-        [MacaroonTrainConfig, ModelConfig, args_class], argv, "macaroon train", defaults
-    )
+    cfg, model_args, args, *judge = parse_config(classes, argv, "macaroon train", defaults)
     _ensure_default_model(model_args.model_name_or_path)
     general = None
     if cfg.general and Path(cfg.general).suffix in (".json", ".jsonl"):
         from imagination.importer import import_files  # the original VLFeedback files
 
         general, _ = import_files([cfg.general])
-    out = run_train(cfg, model_args, args, general)
+    out = run_train(cfg, model_args, args, general, judge[0] if judge else None)
     print(f"adapter ({cfg.method}) saved in {out}")
     return 0
 
@@ -317,12 +319,13 @@ def command_configs() -> list[tuple[str, type]]:
     from evaluation.run import EvalConfig
     from imagination.imagine import ImagineConfig
     from pipeline.tiny_model import TinyModelConfig
-    from trainers.config import MacaroonTrainConfig
+    from trainers.config import MacaroonTrainConfig, RewardJudgeConfig
 
     return [
         ("macaroon imagine / build", ImagineConfig),
-        ("macaroon train (ours; then TRL's ModelConfig and SFTConfig or DPOConfig)",
+        ("macaroon train (ours; then TRL's ModelConfig and SFTConfig, DPOConfig or GRPOConfig)",
          MacaroonTrainConfig),
+        ("macaroon train METHOD=grpo: the reward judge", RewardJudgeConfig),
         ("macaroon eval / generate / judge", EvalConfig),
         ("macaroon report", ReportConfig),
         ("macaroon import", ImportConfig),
@@ -365,7 +368,10 @@ COMMANDS: dict[str, tuple[str, Callable[[Sequence[str]], int]]] = {
     "imagine": ("self-imagination: images + criteria -> preference dataset", cmd_imagine),
     "build": ("rebuild the dataset from the stored records (no model calls)", cmd_build),
     "import": ("the original MACAROON training files -> our dataset formats", cmd_import),
-    "train": ("train METHOD=crl|sft|dpo|multiturn|sft_after_multiturn (TRL + LoRA)", cmd_train),
+    "train": (
+        "train METHOD=crl|sft|dpo|multiturn|sft_after_multiturn|grpo (TRL + LoRA)",
+        cmd_train,
+    ),
     "generate": (
         "the model under test answers PIE",
         lambda argv: cmd_eval(argv, "macaroon generate", "generate"),

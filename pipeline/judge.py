@@ -6,6 +6,7 @@ are records like any other: keyed by judge model, rubric, image, question and re
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections.abc import Iterator
@@ -21,6 +22,7 @@ from pipeline.runner import Item
 from pipeline.store import file_hash, record_key
 
 _ENV = SandboxedEnvironment(undefined=StrictUndefined)
+DEFAULT_JUDGE = "gpt-4o-2024-08-06"  # a dated snapshot: verdicts stay comparable over time
 
 
 def load_judge_template(path: str | Path) -> str:
@@ -34,9 +36,15 @@ def load_judge_template(path: str | Path) -> str:
 
 def render_judge(template: str, qtype: QuestionType, question: str, response: str) -> str:
     try:
-        return _ENV.from_string(template).render(type=qtype, question=question, response=response)
+        return _compiled(template).render(type=qtype, question=question, response=response)
     except TemplateError as err:
         raise CriteriaError(f"judge template failed for {qtype.source}: {err}") from err
+
+
+@functools.lru_cache(maxsize=16)
+def _compiled(template: str):
+    # Compiling takes milliseconds, rendering microseconds: a GRPO run judges every batch.
+    return _ENV.from_string(template)
 
 
 def judge_item(

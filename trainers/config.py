@@ -2,14 +2,17 @@
 
 A run is parsed into three dataclasses, each option with one name in YAML and on the
 command line: `MacaroonTrainConfig` (below), TRL's `ModelConfig` (model, LoRA) and TRL's
-`SFTConfig` or `DPOConfig` (optimiser, schedule, batch, output_dir, ...).
+`SFTConfig`, `DPOConfig` or `GRPOConfig` (optimiser, schedule, batch, output_dir, ...);
+METHOD=grpo adds a fourth, `RewardJudgeConfig` (the judge that gives the reward).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from pipeline import DEFAULT_CRITERIA_DIR, DEFAULT_PROMPTS_DIR
 from pipeline.image_limits import DEFAULT_MAX_IMAGE_TOKENS
+from pipeline.judge import DEFAULT_JUDGE
 
 # METHOD -> (dataset config it trains on, TRL trainer). docs/DESIGN.md §7.
 METHODS = {
@@ -18,7 +21,10 @@ METHODS = {
     "dpo": ("dpo", "dpo"),  # DPO + NLL of the preferred response
     "multiturn": ("multiturn", "sft"),  # question, rejected, feedback -> preferred
     "sft_after_multiturn": ("sft", "sft"),  # SFT starting from the multiturn adapter
+    # online RL: questions (+ images, types) -> sampled answers -> rubric judge's verdict
+    "grpo": ("prompts", "grpo"),
 }
+INIT_METHODS = ("crl", "sft")  # what --init_adapter may start GRPO from
 RECORD_FILE = "macaroon.json"  # written beside the adapter: METHOD, reward tokens, base
 
 
@@ -59,6 +65,11 @@ class MacaroonTrainConfig:
             "train, instead of the plain words (the paper's choice, the default)."
         },
     )
+    init_adapter: str | None = field(
+        default=None,
+        metadata={"help": "grpo: start from this CRL or SFT adapter (a `make train` OUT); "
+                  "from CRL, every prompt keeps its `good` conditioning, as evaluation does."},
+    )  # fmt: skip
     multiturn_adapter: str | None = field(
         default=None,
         metadata={"help": "sft_after_multiturn: the adapter folder of a multiturn run."},
@@ -95,3 +106,63 @@ class MacaroonTrainConfig:
             raise ValueError("--train_last_layers must be 1 or more (unset: as --use_peft says)")
         if not 0 < self.general_ratio <= 1:
             raise ValueError("--general_ratio must be in (0, 1]")
+        if self.init_adapter and self.method != "grpo":
+            raise ValueError(
+                f"--init_adapter starts METHOD=grpo from an adapter; METHOD={self.method} does "
+                "not take one (sft_after_multiturn: --multiturn_adapter)"
+            )
+
+
+@dataclass
+class RewardJudgeConfig:
+    """METHOD=grpo: the rubric judge whose verdict is the reward, as `macaroon eval` judges.
+
+    True 1, Ambiguous 0.5 (tier II), False 0, minus the optional length penalty. A call
+    that fails or a reply that does not parse gives no reward: that answer is left out of
+    its group's advantage, counted and logged (`judge/failed`, `judge/unparsed`).
+    """
+
+    judge_model: str = field(
+        default=DEFAULT_JUDGE,
+        metadata={"help": "Judge model; a local folder with no judge_base_url is served by vLLM "
+                  "on 127.0.0.1 for the run."},
+    )  # fmt: skip
+    judge_base_url: str | None = field(
+        default=None, metadata={"help": "OpenAI-compatible judge endpoint (e.g. vllm serve)."}
+    )
+    judge_api_key_env: str = field(
+        default="OPENAI_API_KEY", metadata={"help": "Environment variable with the judge's key."}
+    )
+    judge_concurrency: int = field(default=32, metadata={"help": "Judge calls in flight."})
+    judge_max_tokens: int = field(default=256, metadata={"help": "Token limit per verdict."})
+    judge_max_retries: int = field(
+        default=6, metadata={"help": "Retries of a failing judge call before it counts as failed."}
+    )
+    judge_structured: bool = field(
+        default=True,
+        metadata={"help": "Ask for the verdict as JSON schema with the type's labels "
+                  "(response_format); off for servers that reject it."},
+    )  # fmt: skip
+    criteria: str = field(
+        default=str(DEFAULT_CRITERIA_DIR), metadata={"help": "Rubrics, one file per type."}
+    )
+    prompts: str = field(default=str(DEFAULT_PROMPTS_DIR), metadata={"help": "Judge template."})
+    judge_records: str | None = field(
+        default=None,
+        metadata={"help": "The judge's record store (JSONL): a (question, answer) pair judged "
+                  "once is never sent again. Unset: OUTPUT_DIR/judgments.jsonl."},
+    )  # fmt: skip
+    length_penalty: float = field(
+        default=0.0,
+        metadata={"help": "Subtracted from a judged answer's reward times its length as a share "
+                  "of max_completion_length (0 = off)."},
+    )  # fmt: skip
+
+    def __post_init__(self) -> None:
+        if self.judge_concurrency < 1 or self.judge_max_tokens < 1 or self.judge_max_retries < 0:
+            raise ValueError(
+                "--judge_concurrency and --judge_max_tokens must be 1 or more, "
+                "--judge_max_retries 0 or more"
+            )
+        if self.length_penalty < 0:
+            raise ValueError("--length_penalty must be 0 (off) or more")

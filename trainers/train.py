@@ -1,4 +1,4 @@
-"""`macaroon train`: one entry for every METHOD, on TRL's SFTTrainer and DPOTrainer.
+"""`macaroon train`: one entry for every METHOD, on TRL's SFTTrainer, DPOTrainer and GRPOTrainer.
 
 Everything that can go wrong with the inputs is checked before the model is loaded.
 """
@@ -19,7 +19,13 @@ from datasets import Dataset, DatasetDict
 from pipeline.chat import stop_token_ids
 from pipeline.formats import REWARDS
 from trainers.collator import PreferenceCollator, PromptCompletionCollator
-from trainers.config import METHODS, RECORD_FILE, MacaroonTrainConfig
+from trainers.config import (
+    INIT_METHODS,
+    METHODS,
+    RECORD_FILE,
+    MacaroonTrainConfig,
+    RewardJudgeConfig,
+)
 from trainers.data import (
     DataError,
     as_prompt_completion,
@@ -37,6 +43,40 @@ from trainers.model import (
     text_layers,
     train_only_last_layers,
 )
+
+
+def prepare_prompts(
+    cfg: MacaroonTrainConfig, judge: RewardJudgeConfig, out: str, conditioning: str | None
+) -> Dataset:
+    """METHOD=grpo: the distinct questions with their images and types, conditioned."""
+    from pipeline.criteria import load_criteria
+    from trainers.prompts import grpo_prompts
+
+    types = set(load_criteria(judge.criteria))
+    dataset = grpo_prompts(cfg.data, types, Path(out) / "prompt_images", conditioning)
+    if cfg.check_images:
+        check_images(dataset, f"{cfg.data} (questions)")
+    return dataset
+
+
+def init_record(cfg: MacaroonTrainConfig) -> dict | None:
+    """The training record of --init_adapter (checked to be CRL or SFT), or None."""
+    if not cfg.init_adapter:
+        return None
+    path = Path(cfg.init_adapter) / RECORD_FILE
+    if not path.is_file():
+        raise DataError(
+            f"--init_adapter {cfg.init_adapter}: holds no {RECORD_FILE}; pass the OUT of "
+            f"`make train METHOD=crl` or `METHOD=sft` (or one of its checkpoint-N)"
+        )
+    record = json.loads(path.read_text())
+    if record.get("method") not in INIT_METHODS or not record.get("lora"):
+        raise DataError(
+            f"--init_adapter {cfg.init_adapter}: a METHOD={record.get('method')} "
+            f"{'adapter' if record.get('lora') else 'full fine-tune'}; GRPO starts from a "
+            f"LoRA adapter of METHOD {' or '.join(INIT_METHODS)}"
+        )
+    return record
 
 
 def prepare_data(
@@ -84,6 +124,11 @@ def check_start(cfg: MacaroonTrainConfig, model_args, trust_remote_code: bool = 
     """Refuse, before any weights load, a run that cannot work as asked."""
     if cfg.train_last_layers is not None:
         _check_last_layers(cfg, model_args, trust_remote_code)
+    if cfg.method == "grpo" and (cfg.general or cfg.train_last_layers is not None):
+        raise ValueError(
+            "METHOD=grpo rewards answers by their question's rubric: --general data has no "
+            "question types (unset it), and it trains a LoRA adapter (unset --train_last_layers)"
+        )
     if cfg.method == "sft_after_multiturn":
         adapter = Path(cfg.multiturn_adapter or "")
         record = adapter / RECORD_FILE
@@ -129,19 +174,40 @@ def _check_last_layers(cfg: MacaroonTrainConfig, model_args, trust_remote_code: 
 
 
 def run_train(
-    cfg: MacaroonTrainConfig, model_args, args, general: DatasetDict | None = None
+    cfg: MacaroonTrainConfig,
+    model_args,
+    args,
+    general: DatasetDict | None = None,
+    judge: RewardJudgeConfig | None = None,
 ) -> Path:
     """Train, save the adapter (safetensors) and its record; returns the output folder."""
-    train(cfg, model_args, args, general)
+    train(cfg, model_args, args, general, judge)
     return Path(args.output_dir)
 
 
-def train(cfg: MacaroonTrainConfig, model_args, args, general: DatasetDict | None = None):
-    """`run_train`, returning the TRL trainer (its model and state) after saving."""
+def train(
+    cfg: MacaroonTrainConfig,
+    model_args,
+    args,
+    general: DatasetDict | None = None,
+    judge: RewardJudgeConfig | Callable | None = None,
+):
+    """`run_train`, returning the TRL trainer (its model and state) after saving.
+
+    METHOD=grpo takes `judge`: the reward judge's config, or any TRL reward function."""
     import torch
 
     check_start(cfg, model_args, args.trust_remote_code)
-    train_dataset = prepare_data(cfg, args.seed, general)
+    init = init_record(cfg)
+    if init:
+        _check_init_base(cfg.init_adapter, init, model_args.model_name_or_path)
+    reward = _reward(cfg, judge, args) if cfg.method == "grpo" else None
+    if cfg.method == "grpo":
+        conditioning = (init or {}).get("conditioning")
+        judge_cfg = judge if isinstance(judge, RewardJudgeConfig) else RewardJudgeConfig()
+        train_dataset = prepare_prompts(cfg, judge_cfg, args.output_dir, conditioning)
+    else:
+        train_dataset = prepare_data(cfg, args.seed, general)
     if not torch.cuda.is_available():
         args.bf16 = (
             False  # no mixed-precision gain on CPU, and exact float32 learns the tiny models
@@ -149,6 +215,8 @@ def train(cfg: MacaroonTrainConfig, model_args, args, general: DatasetDict | Non
     model, processor = load_model_and_processor(
         model_args, args.trust_remote_code, cfg.max_image_tokens
     )
+    if init and init.get("reward_special_tokens"):
+        processor = _processor_with_reward_tokens(cfg.init_adapter, model, model_args, cfg)
     token_ids = None
     if cfg.method == "crl" and cfg.reward_special_tokens:
         token_ids = add_reward_tokens(model, processor, list(reward_map(cfg).values()))
@@ -161,9 +229,16 @@ def train(cfg: MacaroonTrainConfig, model_args, args, general: DatasetDict | Non
 
         model = PeftModel.from_pretrained(model, cfg.multiturn_adapter, is_trainable=True)
         peft_config = None  # continue the multiturn adapter rather than start a new one
+    if init:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, cfg.init_adapter, is_trainable=True)
+        peft_config = None  # GRPO continues the CRL or SFT adapter
     record = functools.partial(
-        run_record, cfg, model_args, rows=len(train_dataset), lora=peft_config,
-        special_tokens=bool(token_ids),
+        run_record, cfg, model_args, rows=len(train_dataset),
+        lora=peft_config or (_adapter_config(model) if init else None),
+        special_tokens=bool(token_ids) or bool(init and init.get("reward_special_tokens")),
+        init=init,
     )  # fmt: skip
     ref_model = None
     if METHODS[cfg.method][1] == "dpo" and peft_config is None:
@@ -171,14 +246,26 @@ def train(cfg: MacaroonTrainConfig, model_args, args, general: DatasetDict | Non
         ref_model, _ = load_model_and_processor(
             model_args, args.trust_remote_code, cfg.max_image_tokens
         )
-    trainer = _trainer(cfg, model, processor, train_dataset, peft_config, args, ref_model)
+    trainer = _trainer(cfg, model, processor, train_dataset, peft_config, args, ref_model, reward)
     started = time.monotonic()
     name_fsdp_layers(trainer.accelerator, trainer.model)
     trainer.add_callback(CheckpointRecord(record, started))
     resume = args.resume_from_checkpoint
     if isinstance(resume, str) and resume.lower() in ("true", "latest"):
         resume = True
-    result = trainer.train(resume_from_checkpoint=resume)
+    try:
+        result = trainer.train(resume_from_checkpoint=resume)
+    finally:
+        if hasattr(reward, "close"):  # the judge's server and record store
+            reward.close()
+    if hasattr(reward, "counts"):
+        counts = {k: reward.counts[k] for k in ("calls", "cached", "judged", "unparsed", "failed")}
+        record = functools.partial(record, judge=counts)
+        print(
+            f"reward judge: {counts['calls']} calls, {counts['cached']} from the record store; "
+            f"{counts['judged']} judged, {counts['unparsed']} unparsed and {counts['failed']} "
+            "failed (no reward: left out of their groups)"
+        )
     out = Path(args.output_dir)
     trainer.save_model(str(out))
     trainer.save_state()  # trainer_state.json: the logged losses and rewards
@@ -214,20 +301,27 @@ def run_record(
     steps: int,
     train_loss: float | None = None,
     seconds: float | None = None,
+    init: dict | None = None,
+    judge: dict | None = None,
 ) -> dict:
     """The run's `macaroon.json`: how to load and condition what it saved at step `steps`.
 
     The final folder and every checkpoint-N get this same record (N as `steps`), so
-    evaluating any of them applies the CRL token and finds the base model by itself.
+    evaluating any of them applies the CRL token and finds the base model by itself. A GRPO
+    run from a CRL adapter (`init`) keeps that adapter's tokens and conditioning.
     """
     crl = cfg.method == "crl"
+    init = init or {}
     return {
         "method": cfg.method,
         "base_model": model_args.model_name_or_path,
         "base_revision": model_args.model_revision,
-        "reward_tokens": reward_map(cfg) if crl else None,
+        "reward_tokens": reward_map(cfg) if crl else init.get("reward_tokens"),
         "reward_special_tokens": special_tokens,
-        "conditioning": reward_map(cfg)["good"] if crl else None,
+        "conditioning": reward_map(cfg)["good"] if crl else init.get("conditioning"),
+        "init_adapter": cfg.init_adapter,
+        "init_method": init.get("method"),
+        "judge": judge,  # grpo: judge calls, cached, failed and unparsed over the run
         "max_image_tokens": cfg.max_image_tokens,
         "data": cfg.data,
         "general": cfg.general,
@@ -278,7 +372,57 @@ class CheckpointRecord(TrainerCallback):
         return control
 
 
-def _trainer(cfg, model, processor, dataset, peft_config, args, ref_model=None):
+def _check_init_base(adapter: str, init: dict, model: str) -> None:
+    base = init.get("base_model")
+    same = base == model or (base and Path(base).exists() and Path(model).exists()
+                             and Path(base).resolve() == Path(model).resolve())  # fmt: skip
+    if not same:
+        raise DataError(
+            f"--init_adapter {adapter} was trained on {base}, not --model_name_or_path "
+            f"{model}: pass MODEL={base}"
+        )
+
+
+def _reward(cfg: MacaroonTrainConfig, judge, args):
+    """The reward function of a GRPO run: the rubric judge, unless the caller passed one."""
+    if callable(judge):
+        return judge
+    from trainers.reward import JudgeReward, check_judge
+
+    judge = judge or RewardJudgeConfig()
+    check_judge(judge)
+    store = Path(judge.judge_records or Path(args.output_dir) / "judgments.jsonl")
+    if args.world_size > 1:  # one writer per record store: each process keeps its own
+        store = store.with_name(f"{store.stem}-{args.process_index}{store.suffix}")
+    return JudgeReward(judge, store, args.max_completion_length)
+
+
+def _processor_with_reward_tokens(adapter: str, model, model_args, cfg: MacaroonTrainConfig):
+    """The CRL adapter's processor (its tokenizer holds <|good|>), the base sized to it."""
+    from transformers import AutoProcessor
+
+    from pipeline.image_limits import processor_kwargs
+
+    limits = processor_kwargs(
+        model_args.model_name_or_path, cfg.max_image_tokens, model_args.model_revision
+    )
+    processor = AutoProcessor.from_pretrained(adapter, **limits)
+    model.resize_token_embeddings(len(processor.tokenizer))
+    return processor
+
+
+def _adapter_config(model):
+    return model.peft_config["default"]
+
+
+def _trainer(cfg, model, processor, dataset, peft_config, args, ref_model=None, reward=None):
+    if METHODS[cfg.method][1] == "grpo":
+        from trl import GRPOTrainer
+
+        return GRPOTrainer(
+            model=model, reward_funcs=[reward], args=args, train_dataset=dataset,
+            processing_class=processor, peft_config=peft_config,
+        )  # fmt: skip
     # Labels end on a token generation stops on, whatever the chat template writes.
     stops = stop_token_ids(processor.tokenizer, model.generation_config)
     if METHODS[cfg.method][1] == "dpo":

@@ -1,0 +1,139 @@
+"""METHOD=grpo's reward: the rubric judge's verdict on each sampled answer.
+
+The judge is `macaroon eval`'s: the same template, strict parser, per-type labels, record
+store and backends (pipeline/judge.py). A judgment is a record keyed by judge, rubric,
+image, question and answer, so a pair judged once (in this run, or in an earlier one that
+shares `--judge_records`) is never sent again. TRL's GRPOTrainer treats a None reward as
+"no signal": the answer is left out of its group's mean and std and gets advantage 0, so
+a failed or unparsed judgment never counts as a wrong answer.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pipeline.backends import Backend, BackendConfig, Sampling, backend_identity, close_backend
+from pipeline.criteria import PARTIAL_VERDICT, QuestionType, load_criteria
+from pipeline.judge import judge_item, load_judge_template, parse_verdict
+from pipeline.runner import pending, run_stage
+from pipeline.store import RecordStore
+from trainers.config import RewardJudgeConfig
+
+# A verdict's reward. Ambiguous is a label of tier II types only (a partial handling).
+SCORES = {"True": 1.0, PARTIAL_VERDICT: 0.5, "False": 0.0}
+
+
+def score(verdict: str | None, completion_tokens: int, max_tokens: int, penalty: float):
+    """The reward of one judged answer; None (no signal) when there is no verdict."""
+    if verdict is None:
+        return None
+    return SCORES[verdict] - penalty * min(completion_tokens / max_tokens, 1.0)
+
+
+def judge_backend_config(cfg: RewardJudgeConfig) -> BackendConfig:
+    return BackendConfig(
+        backend="openai", model=cfg.judge_model, base_url=cfg.judge_base_url,
+        api_key_env=cfg.judge_api_key_env, concurrency=cfg.judge_concurrency,
+        max_retries=cfg.judge_max_retries,
+    )  # fmt: skip
+
+
+def check_judge(cfg: RewardJudgeConfig) -> None:
+    """Refuse, before training starts, a judge that cannot be reached as configured."""
+    import os
+
+    if not cfg.judge_base_url and not Path(cfg.judge_model).is_dir():
+        if not os.environ.get(cfg.judge_api_key_env):
+            raise ValueError(
+                f"the reward judge {cfg.judge_model} needs an API key in "
+                f"${cfg.judge_api_key_env}; or judge with another server (--judge_base_url URL "
+                "--judge_model NAME) or a local model folder (--judge_model DIR, served on "
+                "127.0.0.1 by vLLM)"
+            )
+
+
+@dataclass
+class JudgeReward:
+    """A TRL reward function: `(prompts, completions, question, question_type, image_path,
+    completion_ids, ...) -> [reward or None]`. Opens the judge on first use; `close()` ends it."""
+
+    cfg: RewardJudgeConfig
+    store_path: Path
+    max_completion_length: int
+    counts: Counter = field(default_factory=Counter)  # calls, cached, failed, unparsed, judged
+
+    def __post_init__(self) -> None:
+        self.types: dict[str, QuestionType] = load_criteria(self.cfg.criteria)
+        self.template = load_judge_template(self.cfg.prompts)
+        self.sampling = Sampling(max_tokens=self.cfg.judge_max_tokens, temperature=0.0)
+        self.backend_cfg = judge_backend_config(self.cfg)
+        self.identity = backend_identity(self.backend_cfg)
+        self.backend: Backend | None = None
+        self.store: RecordStore | None = None
+
+    def __call__(
+        self, prompts, completions, question, question_type, image_path, completion_ids=None,
+        log_metric=None, **_,
+    ) -> list[float | None]:  # fmt: skip
+        items = [
+            judge_item(self.template, self.types[qtype], image, q, _text(completion),
+                       self.identity, self.sampling, structured=self.cfg.judge_structured,
+                       fields={"question": q, "question_type": qtype, "image": str(image),
+                               "response": _text(completion)})
+            for q, qtype, image, completion in zip(question, question_type, image_path,
+                                                   completions, strict=True)
+        ]  # fmt: skip
+        store = self._open_store()
+        # A failure is retried the next time its pair comes up: it was no verdict.
+        backend = self._backend() if pending(items, store, retry_failed=True) else None
+        stats = run_stage("reward", items, backend, store, retry_failed=True, progress=False)
+        rewards, batch = [], Counter(calls=stats.generated + stats.failed, cached=stats.cached)
+        for index, (item, qtype) in enumerate(zip(items, question_type, strict=True)):
+            record = store.get(item.key)
+            if record["status"] != "ok":
+                batch["failed"] += 1
+                rewards.append(None)
+                continue
+            verdict = parse_verdict(record["text"], list(self.types[qtype].labels))
+            batch["unparsed" if verdict is None else "judged"] += 1
+            length = len(completion_ids[index]) if completion_ids is not None else 0
+            rewards.append(
+                score(verdict, length, self.max_completion_length, self.cfg.length_penalty)
+            )
+        self.counts.update(batch)
+        if log_metric is not None:
+            for name in ("calls", "cached", "failed", "unparsed"):
+                log_metric(f"judge/{name}", float(batch[name]))
+        return rewards
+
+    def _open_store(self) -> RecordStore:
+        if self.store is None:
+            self.store = RecordStore(self.store_path, flush_every=1)
+        return self.store
+
+    def _backend(self) -> Backend:
+        if self.backend is None:
+            from pipeline.backends import open_backend
+
+            self.backend = open_backend(self.backend_cfg)
+        return self.backend
+
+    def close(self) -> None:
+        if self.backend is not None:
+            close_backend(self.backend)
+            self.backend = None
+        if self.store is not None:
+            self.store.close()
+            self.store = None
+
+
+def _text(completion) -> str:
+    """A TRL completion (conversational: [{"role": "assistant", "content": ...}]) as text."""
+    if isinstance(completion, str):
+        return completion
+    content = completion[-1]["content"]
+    if isinstance(content, str):
+        return content
+    return "".join(part.get("text") or "" for part in content)
