@@ -154,6 +154,27 @@ def cmd_build(argv: Sequence[str]) -> int:
 
 
 @dataclass
+class BrowseConfig:
+    """`macaroon browse OUT`: one HTML page of an imagined set (OUT/browse.html)."""
+
+    page: str | None = field(
+        default=None, metadata={"help": "Where to write the page (default OUT/browse.html)."}
+    )
+
+
+def cmd_browse(argv: Sequence[str]) -> int:
+    from imagination.browse import write_browse
+
+    folders = _leading_paths(argv)
+    (cfg,) = parse_config([BrowseConfig], list(argv)[len(folders) :], "macaroon browse")
+    if len(folders) != 1:
+        raise ValueError("give one imagine output folder: macaroon browse OUT [--page FILE]")
+    page = write_browse(Path(folders[0]), Path(cfg.page) if cfg.page else None)
+    print(f"wrote {page}: open it in a browser (no server needed)")
+    return 0
+
+
+@dataclass
 class ImportConfig:
     """`macaroon import FILE... --out DIR`: the original MACAROON training files."""
 
@@ -279,7 +300,8 @@ class ReportConfig:
 
 def cmd_report(argv: Sequence[str]) -> int:
     from evaluation.agreement import agreement, agreement_table, load_verdicts
-    from evaluation.run import write_reports
+    from evaluation.compare import read_items, write_compare
+    from evaluation.report import write_reports
 
     runs = _leading_paths(argv)
     (cfg,) = parse_config([ReportConfig], list(argv)[len(runs) :], "macaroon report")
@@ -291,17 +313,19 @@ def cmd_report(argv: Sequence[str]) -> int:
         if not path.is_file():
             raise FileNotFoundError(f"{run}: no metrics.json; run `macaroon eval` there first")
         metrics.append(json.loads(path.read_text()))
+    items = [read_items(run) for run in runs]  # before writing anything
     types = list(dict.fromkeys(t for m in metrics for t in m["types"]))
     out = Path(cfg.out or (runs[0] if len(runs) == 1 else "outputs/eval/compare"))
     out.mkdir(parents=True, exist_ok=True)
     write_reports(metrics, types, out)
+    write_compare(metrics, items, out / "browse.html", out / "plot.png")
     print((out / "table.md").read_text())
     if cfg.agreement:
         result = agreement(load_verdicts(runs[0]), load_verdicts(cfg.agreement))
         (out / "agreement.json").write_text(json.dumps(result, indent=2))
         (out / "agreement.md").write_text(agreement_table(result))
         print(agreement_table(result))
-    print(f"report in {out} (table.md, plot.png)")
+    print(f"report in {out} (table.md, plot.png, browse.html: the runs side by side)")
     return 0
 
 
@@ -325,6 +349,7 @@ def command_configs() -> list[tuple[str, type]]:
          MacaroonTrainConfig),
         ("macaroon eval / generate / judge", EvalConfig),
         ("macaroon report", ReportConfig),
+        ("macaroon browse", BrowseConfig),
         ("macaroon import", ImportConfig),
         ("macaroon demo", DemoConfig),
         ("macaroon tiny-model", TinyModelConfig),
@@ -364,6 +389,7 @@ COMMANDS: dict[str, tuple[str, Callable[[Sequence[str]], int]]] = {
     "criteria": ("validate the criteria YAML and list the question types", cmd_criteria),
     "imagine": ("self-imagination: images + criteria -> preference dataset", cmd_imagine),
     "build": ("rebuild the dataset from the stored records (no model calls)", cmd_build),
+    "browse": ("one HTML page of an imagined set: pairs, drops and why", cmd_browse),
     "import": ("the original MACAROON training files -> our dataset formats", cmd_import),
     "train": ("train METHOD=crl|sft|dpo|multiturn|sft_after_multiturn (TRL + LoRA)", cmd_train),
     "generate": (
