@@ -9,9 +9,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipeline import DEFAULT_CRITERIA_DIR, DEFAULT_SAMPLES_DIR, REPO_ROOT
+from pipeline import DEFAULT_CRITERIA_DIR
 from pipeline.config import ConfigError, parse_config
 from pipeline.criteria import CriteriaError
+from pipeline.demo import DemoConfig
 from pipeline.lock import LockError, folder_lock
 
 
@@ -42,66 +43,12 @@ def cmd_criteria(argv: Sequence[str]) -> int:
     return 0
 
 
-@dataclass
-class DemoConfig:
-    """`macaroon demo`: imagine -> train CRL -> evaluate, on the bundled samples, on CPU."""
-
-    arch: str = field(default="llava", metadata={"help": "Local model family to build."})
-    size: str = field(default="small", metadata={"help": "Local model size: tiny or small."})
-    images: str = field(
-        default=str(DEFAULT_SAMPLES_DIR / "images"), metadata={"help": "Images to imagine on."}
-    )
-    criteria: str = field(default=str(DEFAULT_CRITERIA_DIR), metadata={"help": "Criteria."})
-    pie: str = field(
-        default=str(DEFAULT_SAMPLES_DIR / "evaluation_dataset.jsonl"),
-        metadata={"help": "PIE file to evaluate on."},
-    )
-    out: str = field(default="outputs/demo", metadata={"help": "Output folder."})
-    max_tokens: int = field(default=48, metadata={"help": "Token limit per generated text."})
-    train_steps: int = field(default=60, metadata={"help": "CRL training steps."})
-
-
 def cmd_demo(argv: Sequence[str]) -> int:
-    from pipeline.tiny_model import TinyModelConfig, build_tiny_model
+    from pipeline.demo import run_demo
 
-    (cfg,) = parse_config([DemoConfig], argv, "macaroon demo")
-    out = Path(cfg.out)
-    model = str(out / "model")
-    tokens = str(cfg.max_tokens)
-    print(f"[1/4] building the local {cfg.arch} ({cfg.size}) model in {model}")
-    build_tiny_model(TinyModelConfig(arch=cfg.arch, size=cfg.size, out=model,
-                                     criteria_dir=cfg.criteria))  # fmt: skip
-    print("[2/4] self-imagination: questions, preferred and rejected responses, filter, build")
-    imagine = ["--model", model, "--images", cfg.images, "--criteria", cfg.criteria,
-               "--out", str(out / "imagine"), "--question_max_tokens", "24",
-               "--response_max_tokens", tokens,
-               # A random model never stops by itself: keep what it wrote, for the plumbing.
-               "--drop_truncated", "false"]  # fmt: skip
-    status = cmd_imagine(imagine)
-    print("[3/4] conditional RL training (TRL SFTTrainer, LoRA, reward tokens good/bad)")
-    status |= cmd_train(["--config", str(CONFIGS / "train" / "crl.yaml"),
-                         "--data", str(out / "imagine" / "dataset"),
-                         "--model_name_or_path", model, "--output_dir", str(out / "crl"),
-                         "--max_steps", str(cfg.train_steps), "--warmup_steps", "0",
-                         "--gradient_accumulation_steps", "1",
-                         "--learning_rate", "1e-3", "--gradient_checkpointing", "false",
-                         "--save_strategy", "no", "--logging_steps", "10"])  # fmt: skip
-    print("[4/4] PIE evaluation: the CRL model answers; a judge served on 127.0.0.1 rates")
-    status |= cmd_eval(["--model", model, "--adapter", str(out / "crl"), "--pie", cfg.pie,
-                        "--criteria", cfg.criteria, "--judge_model", model,
-                        "--out", str(out / "eval"), "--max_tokens", tokens,
-                        "--judge_max_tokens", "64"])  # fmt: skip
-    print(
-        f"\ndemo done{' (with failures: see above)' if status else ''}:\n"
-        f"  dataset  {out / 'imagine' / 'dataset'}\n  adapter  {out / 'crl'}\n"
-        f"  report   {out / 'eval'} (table.md, plot.png, browse.html)\n"
-        "The local model has random weights: its text is noise. The demo shows the pipeline; "
-        "README.md gives the commands for a real run."
-    )
-    return status
+    return run_demo(argv)
 
 
-CONFIGS = REPO_ROOT / "configs"
 DEFAULT_MODEL = "outputs/models/llava-tiny"
 
 
