@@ -78,8 +78,10 @@ def _head(items: list[dict], summary: dict) -> str:
         reasons = Counter(i["reason"] for i in mine if i["reason"])
         why = ", ".join(f"{k} {v}" for k, v in reasons.most_common()) or "–"
         kept = sum(i["status"] == "kept" for i in mine)
-        rows.append(f"<tr><td>{html.escape(qtype)}</td><td>{kept}</td>"
-                    f"<td>{len(mine) - kept}</td><td>{html.escape(why)}</td></tr>")  # fmt: skip
+        rows.append(
+            f"<tr><td>{html.escape(qtype)}</td><td>{kept}</td><td>{len(mine) - kept}</td>"
+            f"<td class='why'>{html.escape(why)}</td></tr>"
+        )
     model = f"model {html.escape(str(summary['model']))}, " if summary.get("model") else ""
     return (
         f"<p class='meta'>{model}{len(items)} pairs, "

@@ -31,7 +31,7 @@ def _images(folder: Path, n: int) -> list[Path]:
 
 @pytest.fixture(scope="module")
 def imagined(tmp_path_factory) -> tuple[Path, list[dict], list[str | None]]:
-    """An imagine output folder with 10,000 pairs over 40 images, a third of them dropped."""
+    """An imagine output folder with 10,000 pairs over 40 images, a quarter of them dropped."""
     out = tmp_path_factory.mktemp("imagined")
     images, rng = _images(out / "images", 40), random.Random(0)
     pairs, reasons = [], []
@@ -43,7 +43,7 @@ def imagined(tmp_path_factory) -> tuple[Path, list[dict], list[str | None]]:
             "preferred": NEEDLE if i == 1234 else f"An engaged answer {i}.",
             "rejected": HOSTILE if i == 7 else f"A passive answer {i}.",
         })  # fmt: skip
-        reasons.append(rng.choice(DROP_REASONS) if i % 3 == 1 else None)
+        reasons.append(rng.choice(DROP_REASONS) if i % 4 == 1 else None)
     write_pairs(pairs, reasons, out)
     (out / "summary.json").write_text(json.dumps({"model": "tiny"}))
     return out, pairs, reasons
