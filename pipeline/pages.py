@@ -101,8 +101,9 @@ def write_page(path: Path, title: str, head: str, controls: str, data: dict, scr
     element of class `ctl`), `data` (embedded as JSON: `items`, `images`, ...) and `script`,
     which calls viewer(items, matches, render)."""
     payload = json.dumps({**data, "page_size": PAGE_SIZE}, ensure_ascii=False)
-    # "</" would end the <script> element early; "<\\/" is the same JSON string.
-    payload = payload.replace("</", "<\\/").replace("<!--", "<\\!--")
+    # "</script>" or "<!--" in a model's text would end or bend the <script> element: no
+    # "<" at all ("<" occurs only inside JSON strings, where \\u003c is the same text).
+    payload = payload.replace("<", "\\u003c")
     page = (
         "<!doctype html><html lang='en'><meta charset='utf-8'>"
         "<meta name='viewport' content='width=device-width'>"

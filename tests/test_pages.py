@@ -16,7 +16,7 @@ from pipeline.cli import main
 
 TYPES = ("False Premise", "Subject Ambiguity", "Hidden Human Preferences")
 NEEDLE = "zebra-needle-4711"  # in exactly one pair's preferred response
-HOSTILE = "<img src=x onerror=\"console.error('injected')\"><script>boom()</script>"
+HOSTILE = "<img src=x onerror=\"console.error('injected')\"><!-- <script>boom()</script>"
 
 
 def _images(folder: Path, n: int) -> list[Path]:
