@@ -113,7 +113,8 @@ def write_page(path: Path, title: str, head: str, controls: str, data: dict, scr
         f"<script type='application/json' id='data'>{payload}</script>"
         f"<script>{_JS}{script}</script></html>"
     )
-    path.write_text(page, encoding="utf-8")
+    # errors="replace": a lone surrogate in a record's text must not cost the whole page.
+    path.write_text(page, encoding="utf-8", errors="replace")
     return path
 
 
