@@ -41,8 +41,9 @@ def read_pairs(out: Path) -> list[dict]:
         return [json.loads(line) for line in f if line.strip()]
 
 
-def write_browse(out: Path, page: Path | None = None) -> Path:
-    """Write the page for the imagined set in `out`; returns its path."""
+def write_browse(out: Path, page: Path | None = None, summary: dict | None = None) -> Path:
+    """Write the page for the imagined set in `out`; returns its path. `summary`: the run's
+    (default: OUT/summary.json)."""
     out = Path(out)
     pairs = sorted(read_pairs(out), key=lambda p: p["question_type"])  # grouped by type
     ids, images = images_by_id([p["image"] for p in pairs])
@@ -56,7 +57,7 @@ def write_browse(out: Path, page: Path | None = None) -> Path:
         }
         for p in pairs
     ]  # fmt: skip
-    summary = _summary(out)
+    summary = summary if summary is not None else _summary(out)
     title = f"Imagined set: {out}"
     reasons = {p["reason"] for p in items}
     data = {"items": items, "images": images, "types": sorted({p["type"] for p in items}),

@@ -160,8 +160,8 @@ def _imagine(cfg: ImagineConfig, out: Path) -> dict:
         "model_calls": sum(s.generated + s.failed for s in stats),
         "seconds": round(time.monotonic() - started, 2),
     }
+    summary["browse"] = str(write_browse(out, summary=summary))
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    write_browse(out)
     return summary
 
 

@@ -93,6 +93,8 @@ def imagine_report(summary: dict) -> str:
         lines.append(f"  dataset: {summary['dataset']} ({rows})")
     else:
         lines.append("  dataset: not written (no pairs kept, or build not among --stages)")
+    if summary.get("browse"):
+        lines.append(f"  browse: {summary['browse']} (every pair, kept or dropped with why)")
     return "\n".join(lines)
 
 

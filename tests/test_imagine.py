@@ -231,4 +231,5 @@ def test_responses_cut_off_by_the_token_limit_are_dropped_and_counted(images, tm
     assert [p["question_type"] for p in pairs if p["reason"] == "truncated"] == [
         "Unanswerable Questions"
     ] * 3
+    assert summary["browse"] == str(tmp_path / "out" / "browse.html")
     assert "Unanswerable Questions" in (tmp_path / "out" / "browse.html").read_text()
