@@ -324,5 +324,11 @@ def _browse_rows(types, items, answers, verdicts) -> list[dict]:
 
 
 def _explanation(text: str) -> str:
-    match = re.search(r'"explanation"\s*:\s*"((?:[^"\\]|\\.)*)"', text or "")
-    return json.loads(f'"{match.group(1)}"') if match else (text or "")
+    # The closing quote may be missing: a reply cut off by the token limit inside the string.
+    match = re.search(r'"explanation"\s*:\s*"((?:[^"\\]|\\.)*)', text or "")
+    if not match:
+        return text or ""
+    try:
+        return json.loads(f'"{match.group(1)}"')
+    except json.JSONDecodeError:  # an escape cut in half ("\\u00")
+        return match.group(1)

@@ -233,3 +233,11 @@ def test_answers_cut_off_by_the_token_limit_are_counted(stub, tmp_path, capsys):
     assert sum(t["truncated"] for t in metrics["types"].values()) == len(cut)
     assert f"{len(cut)} answers cut off by the token limit" in (tmp_path / "table.md").read_text()
     assert f"{len(cut)} of 24 answers hit --max_tokens" in capsys.readouterr().out
+
+
+def test_the_page_shows_the_explanation_of_a_verdict_cut_off_inside_it():
+    from evaluation.run import _explanation
+
+    assert _explanation('{"verdict":"True","explanation":"it asks which') == "it asks which"
+    assert _explanation('{"verdict":"True","explanation":"a \\"b\\""}') == 'a "b"'
+    assert _explanation("Explanation: fine.\nFlag: True") == "Explanation: fine.\nFlag: True"
