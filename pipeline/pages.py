@@ -22,7 +22,8 @@ body{font-family:system-ui,sans-serif;margin:1em 2em;color:#222}
 h1{font-size:1.4em}h2{font-size:1.1em;margin-top:1.2em}
 table.figures{border-collapse:collapse;margin:.5em 0}
 table.figures td,table.figures th{border:1px solid #ccc;padding:3px 8px;text-align:right}
-table.figures td:first-child,table.figures th:first-child,td.why{text-align:left}
+table.figures td:first-child,table.figures th:first-child,
+table.figures td.why{text-align:left}
 .controls{position:sticky;top:0;background:#fff;padding:.6em 0;border-bottom:1px solid #ccc;
   display:flex;gap:1em;flex-wrap:wrap;align-items:center}
 .controls input[type=search]{width:22em}
