@@ -28,7 +28,7 @@ OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
 
 .DEFAULT_GOAL := help
 .PHONY: help setup check-venv check-gpu-install demo test lint format bench tiny-model imagine \
-	build import train eval report clean
+	build browse import train eval report clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -80,11 +80,14 @@ IMAGINE_OPTS = $(if $(BACKEND),--backend $(BACKEND)) $(if $(MODEL),--model $(MOD
 	$(if $(IMAGES),--images $(IMAGES)) $(if $(QUESTIONS),--questions $(QUESTIONS)) \
 	$(if $(CRITERIA),--criteria $(CRITERIA)) $(if $(OUT),--out $(OUT)) $(ARGS)
 
-imagine: $(STAMP) ## self-imagination -> $(OUT)/dataset (default outputs/imagine)
+imagine: $(STAMP) ## self-imagination -> $(OUT)/dataset and $(OUT)/browse.html (default outputs/imagine)
 	$(BIN)/macaroon imagine --config configs/imagine.yaml $(IMAGINE_OPTS)
 
-build: $(STAMP) ## rebuild the dataset from the stored records, no model calls
+build: $(STAMP) ## rebuild the dataset and browse.html from the stored records, no model calls
 	$(BIN)/macaroon build --config configs/imagine.yaml $(IMAGINE_OPTS)
+
+browse: $(STAMP) ## one HTML page of an imagined set: make browse [OUT=dir] (default outputs/imagine)
+	$(BIN)/macaroon browse $(or $(OUT),outputs/imagine)
 
 import: $(STAMP) ## original MACAROON files: make import FILES="a.json b.json" OUT=dir
 	$(BIN)/macaroon import $(FILES) --out $(or $(OUT),outputs/import) $(ARGS)

@@ -1,10 +1,7 @@
-"""Reports: table.md in the paper's layout, plot.png with intervals, a browse page."""
+"""Reports: table.md in the paper's layout, plot.png with intervals (pages: compare.py)."""
 
 from __future__ import annotations
 
-import base64
-import html
-import io
 from pathlib import Path
 
 from evaluation.metrics import DEFINITIONS
@@ -104,39 +101,7 @@ def plot(runs: list[dict], types: list[str], path: Path) -> None:
     plt.close(fig)
 
 
-def browse(items: list[dict], path: Path, title: str) -> None:
-    """One HTML page: each item's image, question, response, verdict and explanation."""
-    rows = []
-    for item in items:
-        rows.append(
-            "<tr>"
-            f"<td><img src='{_thumbnail(item['image'])}' width='160'></td>"
-            f"<td><b>{html.escape(item['question_type'])}</b><br>{html.escape(item['question'])}</td>"
-            f"<td>{html.escape(item.get('response') or '')}</td>"
-            f"<td class='{html.escape(item['verdict'])}'><b>{html.escape(item['verdict'])}</b><br>"
-            f"{html.escape(item.get('explanation') or '')}</td>"
-            "</tr>"
-        )
-    page = (
-        f"<!doctype html><meta charset='utf-8'><title>{html.escape(title)}</title>"
-        "<style>body{font-family:sans-serif}td{vertical-align:top;padding:6px;"
-        "border-bottom:1px solid #ddd}.True{background:#e6f4ea}.False{background:#fce8e6}"
-        ".Ambiguous{background:#fef7e0}.unparsed,.failed{background:#eee}</style>"
-        f"<h1>{html.escape(title)}</h1><table><tr><th>image</th><th>question</th>"
-        "<th>response</th><th>verdict</th></tr>" + "".join(rows) + "</table>"
-    )
-    path.write_text(page, encoding="utf-8")
-
-
-def _thumbnail(image_path: str) -> str:
-    from PIL import Image
-
-    try:
-        with Image.open(image_path) as image:
-            image = image.convert("RGB")
-            image.thumbnail((320, 320))
-            buffer = io.BytesIO()
-            image.save(buffer, format="JPEG", quality=80)
-    except OSError:
-        return ""
-    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode()
+def write_reports(runs: list[dict], types: list[str], out: Path) -> None:
+    """OUT/table.md and OUT/plot.png for `runs` (metrics.json contents)."""
+    (out / "table.md").write_text(table(runs, types), encoding="utf-8")
+    plot(runs, types, out / "plot.png")

@@ -9,9 +9,10 @@ from dataclasses import asdict, dataclass, field, replace
 from functools import partial
 from pathlib import Path
 
+from evaluation.compare import write_compare
 from evaluation.metrics import FAILED, UNPARSED, summarize, type_metrics
 from evaluation.pie import load_pie
-from evaluation.report import browse, plot, table
+from evaluation.report import write_reports
 from pipeline import DEFAULT_CRITERIA_DIR, DEFAULT_PROMPTS_DIR, DEFAULT_SAMPLES_DIR
 from pipeline.backends import (
     Backend,
@@ -123,11 +124,13 @@ def _eval(cfg: EvalConfig, out: Path) -> dict:
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     if "report" in stages:
         write_reports([metrics], list(types), out)
-        rows = _browse_rows(types, items, answers, verdicts)
-        browse(rows, out / "browse.html", cfg.name)
+        rows = [{"image_id": item.image_id, **row}
+                for item, row in zip(items, _browse_rows(types, items, answers, verdicts),
+                                     strict=True)]  # fmt: skip
         with open(out / "items.jsonl", "w", encoding="utf-8") as f:
-            for item, row in zip(items, rows, strict=True):
-                f.write(json.dumps({"image_id": item.image_id, **row}, ensure_ascii=False) + "\n")
+            for row in rows:
+                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+        write_compare([metrics], [rows], out / "browse.html", out / "plot.png")
     return metrics
 
 
@@ -142,11 +145,6 @@ def _check_judge(cfg: EvalConfig) -> None:
                 "judge with another server (--judge_base_url URL --judge_model NAME) or a "
                 "local model folder (--judge_model DIR, served on 127.0.0.1 by vLLM)"
             )
-
-
-def write_reports(runs: list[dict], types: list[str], out: Path) -> None:
-    (out / "table.md").write_text(table(runs, types), encoding="utf-8")
-    plot(runs, types, out / "plot.png")
 
 
 def _conditioning(cfg: EvalConfig) -> dict | None:
@@ -331,5 +329,11 @@ def _browse_rows(types, items, answers, verdicts) -> list[dict]:
 
 
 def _explanation(text: str) -> str:
-    match = re.search(r'"explanation"\s*:\s*"((?:[^"\\]|\\.)*)"', text or "")
-    return json.loads(f'"{match.group(1)}"') if match else (text or "")
+    # The closing quote may be missing: a reply cut off by the token limit inside the string.
+    match = re.search(r'"explanation"\s*:\s*"((?:[^"\\]|\\.)*)', text or "")
+    if not match:
+        return text or ""
+    try:
+        return json.loads(f'"{match.group(1)}"')
+    except json.JSONDecodeError:  # an escape cut in half ("\\u00")
+        return match.group(1)

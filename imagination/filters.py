@@ -49,18 +49,27 @@ def filter_pairs(
     `judge`, when given, takes the surviving pairs and gives for each a drop reason, or
     None when the rubric passes the preferred response and fails the rejected one.
     """
-    kept, drops, seen = [], Counter(), set()
-    for pair in pairs:
-        reason = _drop_reason(pair, max_chars, seen, drop_truncated)
-        if reason:
-            drops[reason] += 1
-        else:
-            kept.append(pair)
-    if judge is not None and kept:
-        reasons = judge(kept)
-        drops.update(reason for reason in reasons if reason)
-        kept = [pair for pair, reason in zip(kept, reasons, strict=True) if reason is None]
-    return kept, drops
+    pairs = list(pairs)
+    reasons = drop_reasons(pairs, max_chars, judge, drop_truncated)
+    kept = [pair for pair, reason in zip(pairs, reasons, strict=True) if reason is None]
+    return kept, Counter(reason for reason in reasons if reason)
+
+
+def drop_reasons(
+    pairs: list[dict],
+    max_chars: int,
+    judge: Callable[[list[dict]], list[str | None]] | None = None,
+    drop_truncated: bool = True,
+) -> list[str | None]:
+    """Each pair's drop reason (one of DROP_REASONS), None for a kept one; in order, so the
+    browse page can show every dropped pair with its reason."""
+    seen: set = set()
+    reasons = [_drop_reason(pair, max_chars, seen, drop_truncated) for pair in pairs]
+    survivors = [i for i, reason in enumerate(reasons) if reason is None]
+    if judge is not None and survivors:
+        for i, reason in zip(survivors, judge([pairs[i] for i in survivors]), strict=True):
+            reasons[i] = reason
+    return reasons
 
 
 def _drop_reason(pair: dict, max_chars: int, seen: set, drop_truncated: bool) -> str | None:

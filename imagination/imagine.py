@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+from imagination.browse import write_browse, write_pairs
 from imagination.build import dataset_rows, write_dataset
-from imagination.filters import filter_pairs, pair_up
+from imagination.filters import drop_reasons, pair_up
 from imagination.prompts import load_templates
 from imagination.questions import clean_question, question_items, user_questions
 from imagination.responses import KINDS, response_items
@@ -129,7 +131,10 @@ def _imagine(cfg: ImagineConfig, out: Path) -> dict:
         lazy.close()
     pairs = pair_up(questions, responses)
     judge = _judge(cfg, types, out, stats) if cfg.judge_filter else None
-    kept, dropped = filter_pairs(pairs, cfg.max_response_chars, judge, cfg.drop_truncated)
+    reasons = drop_reasons(pairs, cfg.max_response_chars, judge, cfg.drop_truncated)
+    kept = [pair for pair, reason in zip(pairs, reasons, strict=True) if reason is None]
+    dropped = Counter(reason for reason in reasons if reason)
+    write_pairs(pairs, reasons, out)  # every pair, kept or dropped with why: for browsing
     card = {
         "model": cfg.model,
         "backend": cfg.backend,
@@ -155,6 +160,7 @@ def _imagine(cfg: ImagineConfig, out: Path) -> dict:
         "model_calls": sum(s.generated + s.failed for s in stats),
         "seconds": round(time.monotonic() - started, 2),
     }
+    summary["browse"] = str(write_browse(out, summary=summary))
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
 

@@ -9,9 +9,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipeline import DEFAULT_CRITERIA_DIR, DEFAULT_SAMPLES_DIR, REPO_ROOT
+from pipeline import DEFAULT_CRITERIA_DIR
 from pipeline.config import ConfigError, parse_config
 from pipeline.criteria import CriteriaError
+from pipeline.demo import DemoConfig
 from pipeline.lock import LockError, folder_lock
 
 
@@ -42,66 +43,12 @@ def cmd_criteria(argv: Sequence[str]) -> int:
     return 0
 
 
-@dataclass
-class DemoConfig:
-    """`macaroon demo`: imagine -> train CRL -> evaluate, on the bundled samples, on CPU."""
-
-    arch: str = field(default="llava", metadata={"help": "Local model family to build."})
-    size: str = field(default="small", metadata={"help": "Local model size: tiny or small."})
-    images: str = field(
-        default=str(DEFAULT_SAMPLES_DIR / "images"), metadata={"help": "Images to imagine on."}
-    )
-    criteria: str = field(default=str(DEFAULT_CRITERIA_DIR), metadata={"help": "Criteria."})
-    pie: str = field(
-        default=str(DEFAULT_SAMPLES_DIR / "evaluation_dataset.jsonl"),
-        metadata={"help": "PIE file to evaluate on."},
-    )
-    out: str = field(default="outputs/demo", metadata={"help": "Output folder."})
-    max_tokens: int = field(default=48, metadata={"help": "Token limit per generated text."})
-    train_steps: int = field(default=60, metadata={"help": "CRL training steps."})
-
-
 def cmd_demo(argv: Sequence[str]) -> int:
-    from pipeline.tiny_model import TinyModelConfig, build_tiny_model
+    from pipeline.demo import run_demo
 
-    (cfg,) = parse_config([DemoConfig], argv, "macaroon demo")
-    out = Path(cfg.out)
-    model = str(out / "model")
-    tokens = str(cfg.max_tokens)
-    print(f"[1/4] building the local {cfg.arch} ({cfg.size}) model in {model}")
-    build_tiny_model(TinyModelConfig(arch=cfg.arch, size=cfg.size, out=model,
-                                     criteria_dir=cfg.criteria))  # fmt: skip
-    print("[2/4] self-imagination: questions, preferred and rejected responses, filter, build")
-    imagine = ["--model", model, "--images", cfg.images, "--criteria", cfg.criteria,
-               "--out", str(out / "imagine"), "--question_max_tokens", "24",
-               "--response_max_tokens", tokens,
-               # A random model never stops by itself: keep what it wrote, for the plumbing.
-               "--drop_truncated", "false"]  # fmt: skip
-    status = cmd_imagine(imagine)
-    print("[3/4] conditional RL training (TRL SFTTrainer, LoRA, reward tokens good/bad)")
-    status |= cmd_train(["--config", str(CONFIGS / "train" / "crl.yaml"),
-                         "--data", str(out / "imagine" / "dataset"),
-                         "--model_name_or_path", model, "--output_dir", str(out / "crl"),
-                         "--max_steps", str(cfg.train_steps), "--warmup_steps", "0",
-                         "--gradient_accumulation_steps", "1",
-                         "--learning_rate", "1e-3", "--gradient_checkpointing", "false",
-                         "--save_strategy", "no", "--logging_steps", "10"])  # fmt: skip
-    print("[4/4] PIE evaluation: the CRL model answers; a judge served on 127.0.0.1 rates")
-    status |= cmd_eval(["--model", model, "--adapter", str(out / "crl"), "--pie", cfg.pie,
-                        "--criteria", cfg.criteria, "--judge_model", model,
-                        "--out", str(out / "eval"), "--max_tokens", tokens,
-                        "--judge_max_tokens", "64"])  # fmt: skip
-    print(
-        f"\ndemo done{' (with failures: see above)' if status else ''}:\n"
-        f"  dataset  {out / 'imagine' / 'dataset'}\n  adapter  {out / 'crl'}\n"
-        f"  report   {out / 'eval'} (table.md, plot.png, browse.html)\n"
-        "The local model has random weights: its text is noise. The demo shows the pipeline; "
-        "README.md gives the commands for a real run."
-    )
-    return status
+    return run_demo(argv)
 
 
-CONFIGS = REPO_ROOT / "configs"
 DEFAULT_MODEL = "outputs/models/llava-tiny"
 
 
@@ -146,11 +93,34 @@ def imagine_report(summary: dict) -> str:
         lines.append(f"  dataset: {summary['dataset']} ({rows})")
     else:
         lines.append("  dataset: not written (no pairs kept, or build not among --stages)")
+    if summary.get("browse"):
+        lines.append(f"  browse: {summary['browse']} (every pair, kept or dropped with why)")
     return "\n".join(lines)
 
 
 def cmd_build(argv: Sequence[str]) -> int:
     return cmd_imagine(argv, "macaroon build", stages="build")
+
+
+@dataclass
+class BrowseConfig:
+    """`macaroon browse OUT`: one HTML page of an imagined set (OUT/browse.html)."""
+
+    page: str | None = field(
+        default=None, metadata={"help": "Where to write the page (default OUT/browse.html)."}
+    )
+
+
+def cmd_browse(argv: Sequence[str]) -> int:
+    from imagination.browse import write_browse
+
+    folders = _leading_paths(argv)
+    (cfg,) = parse_config([BrowseConfig], list(argv)[len(folders) :], "macaroon browse")
+    if len(folders) != 1:
+        raise ValueError("give one imagine output folder: macaroon browse OUT [--page FILE]")
+    page = write_browse(Path(folders[0]), Path(cfg.page) if cfg.page else None)
+    print(f"wrote {page}: open it in a browser (no server needed)")
+    return 0
 
 
 @dataclass
@@ -281,7 +251,8 @@ class ReportConfig:
 
 def cmd_report(argv: Sequence[str]) -> int:
     from evaluation.agreement import agreement, agreement_table, load_verdicts
-    from evaluation.run import write_reports
+    from evaluation.compare import read_items, write_compare
+    from evaluation.report import write_reports
 
     runs = _leading_paths(argv)
     (cfg,) = parse_config([ReportConfig], list(argv)[len(runs) :], "macaroon report")
@@ -293,17 +264,19 @@ def cmd_report(argv: Sequence[str]) -> int:
         if not path.is_file():
             raise FileNotFoundError(f"{run}: no metrics.json; run `macaroon eval` there first")
         metrics.append(json.loads(path.read_text()))
+    items = [read_items(run) for run in runs]  # before writing anything
     types = list(dict.fromkeys(t for m in metrics for t in m["types"]))
     out = Path(cfg.out or (runs[0] if len(runs) == 1 else "outputs/eval/compare"))
     out.mkdir(parents=True, exist_ok=True)
     write_reports(metrics, types, out)
+    write_compare(metrics, items, out / "browse.html", out / "plot.png")
     print((out / "table.md").read_text())
     if cfg.agreement:
         result = agreement(load_verdicts(runs[0]), load_verdicts(cfg.agreement))
         (out / "agreement.json").write_text(json.dumps(result, indent=2))
         (out / "agreement.md").write_text(agreement_table(result))
         print(agreement_table(result))
-    print(f"report in {out} (table.md, plot.png)")
+    print(f"report in {out} (table.md, plot.png, browse.html: the runs side by side)")
     return 0
 
 
@@ -328,6 +301,7 @@ def command_configs() -> list[tuple[str, type]]:
         ("macaroon train METHOD=grpo: the reward judge", RewardJudgeConfig),
         ("macaroon eval / generate / judge", EvalConfig),
         ("macaroon report", ReportConfig),
+        ("macaroon browse", BrowseConfig),
         ("macaroon import", ImportConfig),
         ("macaroon demo", DemoConfig),
         ("macaroon tiny-model", TinyModelConfig),
@@ -367,6 +341,7 @@ COMMANDS: dict[str, tuple[str, Callable[[Sequence[str]], int]]] = {
     "criteria": ("validate the criteria YAML and list the question types", cmd_criteria),
     "imagine": ("self-imagination: images + criteria -> preference dataset", cmd_imagine),
     "build": ("rebuild the dataset from the stored records (no model calls)", cmd_build),
+    "browse": ("one HTML page of an imagined set: pairs, drops and why", cmd_browse),
     "import": ("the original MACAROON training files -> our dataset formats", cmd_import),
     "train": (
         "train METHOD=crl|sft|dpo|multiturn|sft_after_multiturn|grpo (TRL + LoRA)",

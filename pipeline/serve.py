@@ -18,6 +18,8 @@ from pathlib import Path
 from pipeline.backends.vllm_engine import CPU_KV_CACHE_BYTES
 from pipeline.image_limits import processor_kwargs
 
+STRUCTURED_OUTPUTS = {"backend": "guidance", "disable_any_whitespace": True}
+
 
 def free_port() -> int:
     with socket.socket() as sock:
@@ -50,6 +52,10 @@ class VLLMServer:
             "--model", self.model, "--served-model-name", self.model,
             "--host", "127.0.0.1", "--port", str(self.port), "--dtype", dtype,
         ]  # fmt: skip
+        # Structured replies (the judge's verdict JSON) come compact: with free whitespace
+        # a random or weak model loops blanks inside the JSON until the token limit and no
+        # verdict parses. guidance, since xgrammar 0.2.8 still allows blanks after commas.
+        command += ["--structured-outputs-config", json.dumps(STRUCTURED_OUTPUTS)]
         if self.max_model_len or not on_gpu:
             command += ["--max-model-len", str(self.max_model_len or 2048)]
         limits = processor_kwargs(self.model, self.max_image_tokens)

@@ -114,3 +114,43 @@ def vllm_server(tiny_model, tmp_path_factory):
     yield get
     for server in servers.values():
         server.stop()
+
+
+# Browser tests run the pages in Debian's `chromium` (.ci/run installs it). Where it or the
+# `playwright` driver is missing they are skipped, and the run's summary says so plainly.
+BROWSER_SKIPS: list[str] = []
+
+
+def chromium_path() -> str | None:
+    import shutil
+
+    return os.environ.get("MACAROON_CHROMIUM") or next(
+        filter(None, map(shutil.which, ("chromium", "chromium-browser", "google-chrome"))), None
+    )
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """A real headless Chromium (playwright driving the system's browser)."""
+    executable = chromium_path()
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        executable, why = None, "the playwright package is missing (pip install -e '.[dev]')"
+    else:
+        why = "no chromium on PATH (Debian: apt-get install chromium; or set MACAROON_CHROMIUM)"
+    if not executable:
+        BROWSER_SKIPS.append(why)
+        pytest.skip(f"browser tests skipped: {why}")
+    with sync_playwright() as driver:
+        # --no-sandbox: CI runs as root, where Chromium's sandbox refuses to start.
+        browser = driver.chromium.launch(executable_path=executable, args=["--no-sandbox"])
+        yield browser
+        browser.close()
+
+
+def pytest_terminal_summary(terminalreporter):
+    if BROWSER_SKIPS:
+        terminalreporter.write_line(
+            f"BROWSER TESTS SKIPPED: {BROWSER_SKIPS[0]}", yellow=True, bold=True
+        )

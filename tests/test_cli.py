@@ -34,18 +34,26 @@ def test_unknown_command_exits_2(capsys):
 
 @pytest.mark.slow
 @pytest.mark.vllm
-def test_demo_runs_imagine_train_eval_end_to_end(tmp_path, monkeypatch, capsys):
+def test_demo_evaluates_base_and_crl_and_compares_them_with_numbers(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     argv = ["demo", "--size", "tiny", "--train_steps", "3", "--out", "demo", "--max_tokens", "16"]
     assert main(argv) == 0
     out = capsys.readouterr().out
-    assert "[4/4]" in out and "demo done:" in out and "text is noise" in out
-    assert "started a vLLM server" in out  # a judge folder is served on 127.0.0.1 by itself
+    assert "[5/5]" in out and "demo done:" in out and "text is noise" in out
+    assert "started a vLLM server" in out  # the judge folder is served on 127.0.0.1
     assert (tmp_path / "demo/imagine/dataset/dataset_dict.json").is_file()
+    assert (tmp_path / "demo/imagine/browse.html").is_file()
     assert json.loads((tmp_path / "demo/crl/macaroon.json").read_text())["method"] == "crl"
-    metrics = json.loads((tmp_path / "demo/eval/metrics.json").read_text())
-    assert metrics["model"]["conditioning"] == "good" and metrics["n"] == 24
-    assert metrics["failed"] == 0 and {t for t in metrics["types"]} == set(PIE_TYPES)
+    for name, conditioning in (("base", None), ("crl", "good")):
+        metrics = json.loads((tmp_path / f"demo/eval/{name}/metrics.json").read_text())
+        assert metrics["model"]["conditioning"] == conditioning and metrics["n"] == 24
+        assert metrics["failed"] == 0 and {t for t in metrics["types"]} == set(PIE_TYPES)
+        # The judge's JSON is constrained (compact, the type's labels): every verdict parses.
+        assert metrics["unparsed"] == 0 and metrics["aar_all"] is not None
+    table = (tmp_path / "demo/report/table.md").read_text()
+    assert "| base |" in table and "| crl |" in table and "| – |" not in table
+    assert (tmp_path / "demo/report/plot.png").is_file()
+    assert "crl" in (tmp_path / "demo/report/browse.html").read_text()
 
 
 def test_criteria_command_reports_a_bad_file(tmp_path, capsys):

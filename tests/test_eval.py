@@ -215,7 +215,8 @@ def test_make_eval_with_the_tiny_model_and_a_local_judge_server(tiny_model, vllm
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert sum(t["n"] for t in metrics["types"].values()) == 24 and metrics["failed"] == 0
-    assert all(t["judged"] + t["unparsed"] == t["n"] for t in metrics["types"].values())
+    # The server keeps the judge's JSON compact and to the type's labels: all parse.
+    assert metrics["unparsed"] == 0 and metrics["aar_all"] is not None
     for name in ("table.md", "plot.png", "browse.html"):
         assert (tmp_path / name).is_file()
 
@@ -232,3 +233,11 @@ def test_answers_cut_off_by_the_token_limit_are_counted(stub, tmp_path, capsys):
     assert sum(t["truncated"] for t in metrics["types"].values()) == len(cut)
     assert f"{len(cut)} answers cut off by the token limit" in (tmp_path / "table.md").read_text()
     assert f"{len(cut)} of 24 answers hit --max_tokens" in capsys.readouterr().out
+
+
+def test_the_page_shows_the_explanation_of_a_verdict_cut_off_inside_it():
+    from evaluation.run import _explanation
+
+    assert _explanation('{"verdict":"True","explanation":"it asks which') == "it asks which"
+    assert _explanation('{"verdict":"True","explanation":"a \\"b\\""}') == 'a "b"'
+    assert _explanation("Explanation: fine.\nFlag: True") == "Explanation: fine.\nFlag: True"

@@ -225,3 +225,11 @@ def test_responses_cut_off_by_the_token_limit_are_dropped_and_counted(images, tm
     assert summary["dropped"]["truncated"] == len(cut) == 3
     card = (tmp_path / "out" / "dataset" / "README.md").read_text()
     assert "truncated 3" in card
+    # Every pair, kept or dropped with its reason, for `macaroon browse` (written too).
+    pairs = [json.loads(line) for line in (tmp_path / "out" / "pairs.jsonl").open()]
+    assert len(pairs) == summary["pairs"] and {p["status"] for p in pairs} == {"kept", "dropped"}
+    assert [p["question_type"] for p in pairs if p["reason"] == "truncated"] == [
+        "Unanswerable Questions"
+    ] * 3
+    assert summary["browse"] == str(tmp_path / "out" / "browse.html")
+    assert "Unanswerable Questions" in (tmp_path / "out" / "browse.html").read_text()
