@@ -27,7 +27,13 @@ from pipeline.backends import (
 from pipeline.criteria import load_criteria
 from pipeline.fingerprint import folder_hash, model_identity
 from pipeline.image_limits import processor_kwargs
-from pipeline.judge import DEFAULT_JUDGE, judge_item, load_judge_template, parse_verdict
+from pipeline.judge import (
+    DEFAULT_JUDGE,
+    judge_identity,
+    judge_item,
+    load_judge_template,
+    parse_verdict,
+)
 from pipeline.lock import folder_lock
 from pipeline.runner import Item, StageStats, pending, run_stage, stored_stats
 from pipeline.store import RecordStore, file_hash, record_key
@@ -244,7 +250,7 @@ def _judge(cfg, types, items, answers, out, stats, run) -> dict[str, dict]:
         cfg, backend=cfg.judge_backend, model=cfg.judge_model, base_url=cfg.judge_base_url,
         api_key_env=cfg.judge_api_key_env, concurrency=cfg.judge_concurrency, adapter=None,
     )  # fmt: skip
-    judge = backend_identity(judge_cfg) if work else {}
+    judge = judge_identity(judge_cfg, structured) if work else {}
     work = [
         judge_item(template, qtype, item.image, item.question, answer["text"], judge, sampling,
                    fields, structured)

@@ -25,7 +25,7 @@ from pipeline.backends import (
 )
 from pipeline.criteria import criteria_hash, load_criteria
 from pipeline.images import list_images
-from pipeline.judge import judge_item, load_judge_template, parse_verdict
+from pipeline.judge import judge_identity, judge_item, load_judge_template, parse_verdict
 from pipeline.lock import folder_lock
 from pipeline.runner import StageStats, pending, run_stage, stored_stats
 from pipeline.store import RecordStore
@@ -177,10 +177,10 @@ def _judge(cfg: ImagineConfig, types, out: Path, stats: list[StageStats]):
     structured = cfg.judge_structured and cfg.judge_backend == "openai"
 
     def judge(pairs: list[dict]) -> list[str | None]:
-        judge_identity = backend_identity(judge_cfg)
+        identity = judge_identity(judge_cfg, structured)
         items = [
             judge_item(template, types[p["question_type"]], p["image"], p["question"], p[kind],
-                       judge_identity, sampling, structured=structured)
+                       identity, sampling, structured=structured)
             for p in pairs for kind in KINDS
         ]  # fmt: skip
         lazy = _LazyBackend(judge_cfg)

@@ -16,7 +16,7 @@ import yaml
 from jinja2 import StrictUndefined, TemplateError
 from jinja2.sandbox import SandboxedEnvironment
 
-from pipeline.backends import Request, Sampling
+from pipeline.backends import BackendConfig, Request, Sampling, backend_identity
 from pipeline.criteria import PARTIAL_VERDICT, VERDICTS, CriteriaError, QuestionType
 from pipeline.runner import Item
 from pipeline.store import file_hash, record_key
@@ -45,6 +45,21 @@ def render_judge(template: str, qtype: QuestionType, question: str, response: st
 def _compiled(template: str):
     # Compiling takes milliseconds, rendering microseconds: a GRPO run judges every batch.
     return _ENV.from_string(template)
+
+
+def judge_identity(cfg: BackendConfig, structured: bool) -> dict:
+    """The judge's identity for judgment keys: the model's (backend_identity), and, for
+    structured replies from the vLLM server this project starts for a model folder, that
+    server's structured-output settings. They decide what a constrained reply may hold
+    (free whitespace or none): a verdict judged under other settings must not be reused."""
+    from pipeline.fingerprint import is_model_folder
+
+    identity = backend_identity(cfg)
+    if structured and cfg.backend == "openai" and not cfg.base_url and is_model_folder(cfg.model):
+        from pipeline.serve import STRUCTURED_OUTPUTS
+
+        identity["structured_outputs"] = STRUCTURED_OUTPUTS
+    return identity
 
 
 def judge_item(

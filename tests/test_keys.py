@@ -139,3 +139,37 @@ def test_the_image_token_cap_is_keyed_where_it_changes_the_prompt(tiny_model, ar
             model=folder, max_image_tokens=1280, batch_size=1, concurrency=2, max_retries=0
         )
     )
+
+
+def test_a_served_judge_is_keyed_by_its_structured_output_settings(tiny_model, monkeypatch):
+    """The server started for a judge folder decides what a constrained verdict may hold:
+    judgments made under other settings (e.g. free whitespace) are not reused."""
+    from conftest import CRITERIA
+
+    from pipeline import serve
+    from pipeline.backends import BackendConfig, Sampling
+    from pipeline.criteria import load_criteria
+    from pipeline.judge import judge_identity, judge_item
+
+    folder = str(tiny_model("llava"))
+    qtype = load_criteria(CRITERIA)["False Premise"]
+    image = next(SAMPLES.glob("images/*"))
+
+    def key(cfg, structured):
+        identity = judge_identity(cfg, structured)
+        return judge_item("{{ question }} {{ response }}", qtype, image, "Q?", "A.", identity,
+                          Sampling(max_tokens=8), structured=structured).key  # fmt: skip
+
+    served = BackendConfig(backend="openai", model=folder)
+    before = {flag: key(served, flag) for flag in (True, False)}
+    local = key(BackendConfig(backend="hf", model=folder), False)
+    monkeypatch.setattr(serve, "STRUCTURED_OUTPUTS", {**serve.STRUCTURED_OUTPUTS,
+                                                      "disable_any_whitespace": False})  # fmt: skip
+    assert key(served, True) != before[True]
+    # Unconstrained judgments, and those of a server the user runs, do not depend on it.
+    assert key(served, False) == before[False] == local
+    user_server = BackendConfig(backend="openai", model=folder, base_url="http://127.0.0.1:9/v1")
+    assert key(user_server, True) == judge_item(
+        "{{ question }} {{ response }}", qtype, image, "Q?", "A.",
+        judge_identity(user_server, False), Sampling(max_tokens=8), structured=True,
+    ).key  # fmt: skip

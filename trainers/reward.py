@@ -14,9 +14,9 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipeline.backends import Backend, BackendConfig, Sampling, backend_identity, close_backend
+from pipeline.backends import Backend, BackendConfig, Sampling, close_backend
 from pipeline.criteria import PARTIAL_VERDICT, QuestionType, load_criteria
-from pipeline.judge import judge_item, load_judge_template, parse_verdict
+from pipeline.judge import judge_identity, judge_item, load_judge_template, parse_verdict
 from pipeline.runner import pending, run_stage
 from pipeline.store import RecordStore
 from trainers.config import RewardJudgeConfig
@@ -69,7 +69,7 @@ class JudgeReward:
         self.template = load_judge_template(self.cfg.prompts)
         self.sampling = Sampling(max_tokens=self.cfg.judge_max_tokens, temperature=0.0)
         self.backend_cfg = judge_backend_config(self.cfg)
-        self.identity = backend_identity(self.backend_cfg)
+        self.identity = judge_identity(self.backend_cfg, self.cfg.judge_structured)
         self.backend: Backend | None = None
         self.store: RecordStore | None = None
 
