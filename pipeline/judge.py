@@ -49,13 +49,16 @@ def _compiled(template: str):
 
 def judge_identity(cfg: BackendConfig, structured: bool) -> dict:
     """The judge's identity for judgment keys: the model's (backend_identity), and, for
-    structured replies from the vLLM server this project starts for a model folder, that
-    server's structured-output settings. They decide what a constrained reply may hold
-    (free whitespace or none): a verdict judged under other settings must not be reused."""
+    structured replies from a vLLM server on this machine serving a model folder (the one
+    this project starts, for the run or for the demo), that server's structured-output
+    settings. They decide what a constrained reply may hold (free whitespace or none): a
+    verdict judged under other settings must not be reused."""
+    from pipeline.backends.openai_api import _is_loopback
     from pipeline.fingerprint import is_model_folder
 
     identity = backend_identity(cfg)
-    if structured and cfg.backend == "openai" and not cfg.base_url and is_model_folder(cfg.model):
+    ours = not cfg.base_url or _is_loopback(cfg.base_url)
+    if structured and cfg.backend == "openai" and ours and is_model_folder(cfg.model):
         from pipeline.serve import STRUCTURED_OUTPUTS
 
         identity["structured_outputs"] = STRUCTURED_OUTPUTS

@@ -161,14 +161,17 @@ def test_a_served_judge_is_keyed_by_its_structured_output_settings(tiny_model, m
                           Sampling(max_tokens=8), structured=structured).key  # fmt: skip
 
     served = BackendConfig(backend="openai", model=folder)
+    demo = BackendConfig(backend="openai", model=folder, base_url="http://127.0.0.1:8001/v1")
     before = {flag: key(served, flag) for flag in (True, False)}
+    demo_before = key(demo, True)
     local = key(BackendConfig(backend="hf", model=folder), False)
     monkeypatch.setattr(serve, "STRUCTURED_OUTPUTS", {**serve.STRUCTURED_OUTPUTS,
                                                       "disable_any_whitespace": False})  # fmt: skip
     assert key(served, True) != before[True]
-    # Unconstrained judgments, and those of a server the user runs, do not depend on it.
+    assert key(demo, True) != demo_before  # the demo's server, started once for two runs
+    # Unconstrained judgments, and those of a server elsewhere, do not depend on it.
     assert key(served, False) == before[False] == local
-    user_server = BackendConfig(backend="openai", model=folder, base_url="http://127.0.0.1:9/v1")
+    user_server = BackendConfig(backend="openai", model=folder, base_url="http://10.0.0.9:8000/v1")
     assert key(user_server, True) == judge_item(
         "{{ question }} {{ response }}", qtype, image, "Q?", "A.",
         judge_identity(user_server, False), Sampling(max_tokens=8), structured=True,
