@@ -8,23 +8,16 @@ search. One run's page (`macaroon eval`) is the same page with one column.
 from __future__ import annotations
 
 import html
-import json
 from pathlib import Path
 
 from evaluation.report import CONVENTIONS
-from pipeline.pages import images_by_id, inline_png, write_page
+from pipeline.pages import images_by_id, inline_png, read_rows, write_page
 
 
 def read_items(run: str | Path) -> list[dict]:
     """A run's items.jsonl (written by the eval's report stage)."""
-    path = Path(run) / "items.jsonl"
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"{path}: not found; run `macaroon eval --out {run} --stages report` (no model "
-            "calls) to write it from the stored records"
-        )
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
+    return read_rows(Path(run) / "items.jsonl", f"run `macaroon eval --out {run} --stages "
+                     "report` (no model calls) to write it from the stored records")  # fmt: skip
 
 
 def write_compare(runs: list[dict], items: list[list[dict]], path: Path, plot: Path | None) -> Path:

@@ -13,7 +13,7 @@ from collections import Counter
 from pathlib import Path
 
 from imagination.filters import DROP_REASONS
-from pipeline.pages import images_by_id, write_page
+from pipeline.pages import images_by_id, read_rows, write_page
 
 PAIR_FIELDS = ("key", "image", "image_hash", "question_type", "tier", "question", "preferred",
                "rejected")  # fmt: skip
@@ -31,14 +31,9 @@ def write_pairs(pairs: list[dict], reasons: list[str | None], out: Path) -> Path
 
 
 def read_pairs(out: Path) -> list[dict]:
-    path = Path(out) / "pairs.jsonl"
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"{path}: not found; run `macaroon build --out {out}` (no model calls) to write it "
-            "from the stored records, or `macaroon imagine --out DIR` first"
-        )
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
+    return read_rows(Path(out) / "pairs.jsonl", f"run `macaroon build --out {out}` (no model "
+                     "calls) to write it from the stored records, or `macaroon imagine --out "
+                     "DIR` first")  # fmt: skip
 
 
 def write_browse(out: Path, page: Path | None = None, summary: dict | None = None) -> Path:

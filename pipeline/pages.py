@@ -146,3 +146,12 @@ def images_by_id(paths: list[str]) -> tuple[dict[str, str], dict[str, str]]:
     """Thumbnails once per image: (path -> id, id -> data URL)."""
     ids = {path: f"i{n}" for n, path in enumerate(dict.fromkeys(paths))}
     return ids, {ident: thumbnail(path) for path, ident in ids.items()}
+
+
+def read_rows(path: Path, fix: str) -> list[dict]:
+    """The rows of a page's JSONL source; a missing file names the command (`fix`) that
+    writes it."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: not found; {fix}")
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
