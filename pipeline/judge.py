@@ -53,11 +53,11 @@ def judge_identity(cfg: BackendConfig, structured: bool) -> dict:
     this project starts, for the run or for the demo), that server's structured-output
     settings. They decide what a constrained reply may hold (free whitespace or none): a
     verdict judged under other settings must not be reused."""
-    from pipeline.backends.openai_api import _is_loopback
+    from pipeline.backends.openai_api import is_loopback_url
     from pipeline.fingerprint import is_model_folder
 
     identity = backend_identity(cfg)
-    ours = not cfg.base_url or _is_loopback(cfg.base_url)
+    ours = not cfg.base_url or is_loopback_url(cfg.base_url)
     if structured and cfg.backend == "openai" and ours and is_model_folder(cfg.model):
         from pipeline.serve import STRUCTURED_OUTPUTS
 

@@ -284,7 +284,7 @@ def _api_key(base_url: str, env: str) -> str:
     key = os.environ.get(env)
     if key:
         return key
-    if _is_loopback(base_url):
+    if is_loopback_url(base_url):
         return "EMPTY"  # local servers (vLLM, transformers serve) accept any key
     raise ValueError(
         f"no API key for {base_url}: set the environment variable {env} "
@@ -292,7 +292,7 @@ def _api_key(base_url: str, env: str) -> str:
     )
 
 
-def _is_loopback(url: str) -> bool:
+def is_loopback_url(url: str) -> bool:
     host = urlsplit(url).hostname or ""
     if host == "localhost":
         return True
