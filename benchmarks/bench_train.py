@@ -20,7 +20,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def one_run(data: str, model: str, out: str, batch: int, accumulation: int, steps: int) -> None:
-    from pipeline.cli import main
+    from commands.cli import main
 
     argv = ["train", "--config", str(REPO / "configs/train/crl.yaml"), "--data", data,
             "--model_name_or_path", model, "--output_dir", out, "--max_steps", str(steps),

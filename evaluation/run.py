@@ -11,7 +11,6 @@ from pathlib import Path
 
 from evaluation.compare import write_compare
 from evaluation.metrics import FAILED, UNPARSED, summarize, type_metrics
-from evaluation.pie import load_pie
 from evaluation.report import write_reports
 from pipeline import DEFAULT_CRITERIA_DIR, DEFAULT_PROMPTS_DIR, DEFAULT_SAMPLES_DIR
 from pipeline.backends import (
@@ -25,16 +24,17 @@ from pipeline.backends import (
     open_backend,
 )
 from pipeline.criteria import load_criteria
+from pipeline.families.image_tokens import processor_kwargs
 from pipeline.fingerprint import folder_hash, model_identity
-from pipeline.image_limits import processor_kwargs
 from pipeline.judge import (
-    DEFAULT_JUDGE,
-    judge_identity,
+    JudgeConfig,
     judge_item,
     load_judge_template,
     parse_verdict,
+    resolve_judge,
 )
 from pipeline.lock import folder_lock
+from pipeline.pie import load_pie
 from pipeline.runner import Item, StageStats, pending, run_stage, stored_stats
 from pipeline.store import RecordStore, file_hash, record_key
 from trainers.inference import TrainedModelBackend, conditioned, read_record
@@ -43,7 +43,7 @@ STAGES = ("generate", "judge", "report")
 
 
 @dataclass
-class EvalConfig(BackendConfig):
+class EvalConfig(BackendConfig, JudgeConfig):
     """`macaroon eval`: the model under test on PIE, judged by a rubric per question type."""
 
     adapter: str | None = field(
@@ -68,30 +68,12 @@ class EvalConfig(BackendConfig):
     max_tokens: int = field(default=512, metadata={"help": "Token limit per answer."})
     temperature: float = field(default=0.0, metadata={"help": "0 = greedy answers."})
     seed: int = field(default=0, metadata={"help": "Sampling seed (part of every key)."})
-    judge_backend: str = field(default="openai", metadata={"help": "Backend of the judge."})
-    judge_model: str = field(
-        default=DEFAULT_JUDGE,
-        metadata={"help": "Judge model; a local folder with no judge_base_url is served by vLLM."},
-    )
-    judge_base_url: str | None = field(
-        default=None, metadata={"help": "OpenAI-compatible judge endpoint (e.g. vllm serve)."}
-    )
-    judge_api_key_env: str = field(
-        default="OPENAI_API_KEY", metadata={"help": "Environment variable with the judge's key."}
-    )
-    judge_concurrency: int = field(default=32, metadata={"help": "Judge calls in flight."})
-    judge_max_tokens: int = field(default=256, metadata={"help": "Token limit per verdict."})
-    judge_structured: bool = field(
-        default=True,
-        metadata={"help": "Ask for the verdict as JSON schema with the type's labels "
-                  "(response_format); off for servers that reject it. The parser reads "
-                  "either form."},
-    )  # fmt: skip
     stages: str = field(default="generate,judge,report", metadata={"help": "Stages to run."})
     retry_failed: bool = field(default=False, metadata={"help": "Retry only failed records."})
     progress: bool = field(default=True, metadata={"help": "Show progress bars."})
 
     def __post_init__(self) -> None:
+        JudgeConfig.__post_init__(self)
         if self.name is None:
             parts = [Path(self.model.rstrip("/")).name]
             if self.adapter:
@@ -121,12 +103,13 @@ def _eval(cfg: EvalConfig, out: Path) -> dict:
     # The config holds the name of the key's variable, never a key.
     (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
     stages = {s.strip() for s in cfg.stages.split(",")}
-    if "judge" in stages:
-        _check_judge(cfg)  # before the model under test spends time answering
+    # Resolved first: a judge that cannot be reached as configured is refused before the
+    # model under test spends time answering.
+    judge = resolve_judge(cfg, cfg, cfg.seed, check="judge" in stages)
     stats: list[StageStats] = []
     answers = _generate(cfg, items, out, stats, "generate" in stages)
-    verdicts = _judge(cfg, types, items, answers, out, stats, "judge" in stages)
-    metrics = _metrics(cfg, types, items, answers, verdicts, stats)
+    verdicts = _judge(cfg, judge, types, items, answers, out, stats, "judge" in stages)
+    metrics = _metrics(cfg, judge, types, items, answers, verdicts, stats)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     if "report" in stages:
         write_reports([metrics], list(types), out)
@@ -138,19 +121,6 @@ def _eval(cfg: EvalConfig, out: Path) -> dict:
                 f.write(json.dumps(row, ensure_ascii=False) + "\n")
         write_compare([metrics], [rows], out / "browse.html", out / "plot.png")
     return metrics
-
-
-def _check_judge(cfg: EvalConfig) -> None:
-    import os
-
-    local = Path(cfg.judge_model).is_dir()
-    if cfg.judge_backend == "openai" and not cfg.judge_base_url and not local:
-        if not os.environ.get(cfg.judge_api_key_env):
-            raise ValueError(
-                f"the judge {cfg.judge_model} needs an API key in ${cfg.judge_api_key_env}; or "
-                "judge with another server (--judge_base_url URL --judge_model NAME) or a "
-                "local model folder (--judge_model DIR, served on 127.0.0.1 by vLLM)"
-            )
 
 
 def _conditioning(cfg: EvalConfig) -> dict | None:
@@ -231,11 +201,8 @@ def _generate(cfg, items, out, stats, run) -> dict[str, dict]:
         }
 
 
-def _judge(cfg, types, items, answers, out, stats, run) -> dict[str, dict]:
+def _judge(cfg, judge, types, items, answers, out, stats, run) -> dict[str, dict]:
     template = load_judge_template(cfg.prompts)
-    sampling = Sampling(max_tokens=cfg.judge_max_tokens, temperature=0.0, seed=cfg.seed)
-    # The engines behind hf and vllm do not constrain decoding: no format to send or key.
-    structured = cfg.judge_structured and cfg.judge_backend == "openai"
     work, owners = [], []
     for item in items:
         answer = answers.get(f"{item.image_id}\0{item.question}")
@@ -246,18 +213,13 @@ def _judge(cfg, types, items, answers, out, stats, run) -> dict[str, dict]:
                   "question_type": item.question_type, "response_key": answer["key"]}  # fmt: skip
         owners.append(f"{item.image_id}\0{item.question}")
         work.append((qtype, item, answer, fields))
-    judge_cfg = replace(
-        cfg, backend=cfg.judge_backend, model=cfg.judge_model, base_url=cfg.judge_base_url,
-        api_key_env=cfg.judge_api_key_env, concurrency=cfg.judge_concurrency, adapter=None,
-    )  # fmt: skip
-    judge = judge_identity(judge_cfg, structured) if work else {}
     work = [
-        judge_item(template, qtype, item.image, item.question, answer["text"], judge, sampling,
-                   fields, structured)
+        judge_item(template, qtype, item.image, item.question, answer["text"], judge.identity,
+                   judge.sampling, fields, judge.structured)
         for qtype, item, answer, fields in work
     ]  # fmt: skip
     with RecordStore(out / "judgments.jsonl") as store:
-        _stage("judge", work, lambda: open_backend(judge_cfg), store, cfg, stats, run)
+        _stage("judge", work, lambda: open_backend(judge.backend), store, cfg, stats, run)
         return {owner: store.get(w.key) for owner, w in zip(owners, work, strict=True)}
 
 
@@ -281,7 +243,7 @@ def verdict_of(types, item, answers, verdicts) -> str:
     return parse_verdict(judgment["text"], list(types[item.question_type].labels)) or UNPARSED
 
 
-def _metrics(cfg, types, items, answers, verdicts, stats) -> dict:
+def _metrics(cfg, judge, types, items, answers, verdicts, stats) -> dict:
     per_type = {}
     for name, qtype in types.items():
         mine = [i for i in items if i.question_type == name]
@@ -307,9 +269,7 @@ def _metrics(cfg, types, items, answers, verdicts, stats) -> dict:
         "model": {"model": cfg.model, "adapter": cfg.adapter, "method": record.get("method"),
                   "conditioning": record.get("conditioning"), "backend": cfg.backend,
                   "max_tokens": cfg.max_tokens, "temperature": cfg.temperature, "seed": cfg.seed},
-        "judge": {"model": cfg.judge_model, "backend": cfg.judge_backend,
-                  "base_url": cfg.judge_base_url, "temperature": 0.0,
-                  "max_tokens": cfg.judge_max_tokens, "structured": cfg.judge_structured,
+        "judge": {**judge.describe(), "structured": cfg.judge_structured,
                   "prompt_tokens": sum(u[0] for u in usage),
                   "completion_tokens": sum(u[1] for u in usage)},
         "stages": [asdict(s) for s in stats],

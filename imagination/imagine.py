@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from imagination.browse import write_browse, write_pairs
@@ -25,14 +25,20 @@ from pipeline.backends import (
 )
 from pipeline.criteria import criteria_hash, load_criteria
 from pipeline.images import list_images
-from pipeline.judge import judge_identity, judge_item, load_judge_template, parse_verdict
+from pipeline.judge import (
+    JudgeConfig,
+    judge_item,
+    load_judge_template,
+    parse_verdict,
+    resolve_judge,
+)
 from pipeline.lock import folder_lock
 from pipeline.runner import StageStats, pending, run_stage, stored_stats
 from pipeline.store import RecordStore
 
 
 @dataclass
-class ImagineConfig(BackendConfig):
+class ImagineConfig(BackendConfig, JudgeConfig):
     """`macaroon imagine`: build the contrastive preference set from images and criteria."""
 
     images: str = field(
@@ -67,19 +73,13 @@ class ImagineConfig(BackendConfig):
             "help": "Keep a pair only if the judge passes the preferred and fails the rejected."
         },
     )
-    judge_backend: str = field(default="openai", metadata={"help": "Backend of the judge."})
+    # The judge's options are JudgeConfig's; here it is, unless told otherwise, the
+    # imagining model itself (on its endpoint), and a verdict needs fewer tokens.
     judge_model: str | None = field(
-        default=None, metadata={"help": "Judge model (default: the imagining model)."}
-    )
-    judge_base_url: str | None = field(
-        default=None, metadata={"help": "Judge endpoint (openai); unset: as for --base_url."}
+        default=None,
+        metadata={"help": "Judge model (default: the imagining model, at --base_url)."},
     )
     judge_max_tokens: int = field(default=128, metadata={"help": "Token limit per verdict."})
-    judge_structured: bool = field(
-        default=True,
-        metadata={"help": "Ask for the verdict as JSON schema with the type's labels "
-                  "(response_format; openai judge backend); off for servers that reject it."},
-    )  # fmt: skip
     retry_failed: bool = field(default=False, metadata={"help": "Retry only failed records."})
     stages: str = field(
         default="questions,responses,judge,build",
@@ -168,22 +168,16 @@ def _imagine(cfg: ImagineConfig, out: Path) -> dict:
 def _judge(cfg: ImagineConfig, types, out: Path, stats: list[StageStats]):
     """A filter callback: judge both responses of each pair (cached like every stage)."""
     template = load_judge_template(cfg.prompts)
-    judge_cfg = replace(
-        cfg, backend=cfg.judge_backend, model=cfg.judge_model or cfg.model,
-        base_url=cfg.judge_base_url or cfg.base_url,
-    )  # fmt: skip
-    sampling = Sampling(max_tokens=cfg.judge_max_tokens, temperature=0.0, seed=cfg.seed)
-    # The engines behind hf and vllm do not constrain decoding: no format to send or key.
-    structured = cfg.judge_structured and cfg.judge_backend == "openai"
+    # The imagining model judges without a key unless it is an API model: checked there.
+    resolved = resolve_judge(cfg, cfg, cfg.seed, check=False)
 
     def judge(pairs: list[dict]) -> list[str | None]:
-        identity = judge_identity(judge_cfg, structured)
         items = [
             judge_item(template, types[p["question_type"]], p["image"], p["question"], p[kind],
-                       identity, sampling, structured=structured)
+                       resolved.identity, resolved.sampling, structured=resolved.structured)
             for p in pairs for kind in KINDS
         ]  # fmt: skip
-        lazy = _LazyBackend(judge_cfg)
+        lazy = _LazyBackend(resolved.backend)
         try:
             with RecordStore(out / "judgments.jsonl") as store:
                 _run("judge", items, lazy, store, cfg, stats)

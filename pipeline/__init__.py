@@ -1,7 +1,8 @@
-"""Ground floor of MACAROON: config, criteria, tiny local models and the CLI.
+"""Ground floor of MACAROON: config, criteria, PIE reading, the record store and runner,
+the backends, the judge, model-family facts (`pipeline.families`) and the tiny-model builder.
 
-Nothing here imports the stage packages (`imagination`, `trainers`, `evaluation`),
-except `pipeline.cli`, which sits on top of everything and only dispatches.
+Nothing here imports a stage package (`imagination`, `trainers`, `evaluation`) or the
+command layer (`commands`); tests/test_layout.py checks it.
 """
 
 from pathlib import Path

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import re
 from collections.abc import Iterator
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import yaml
@@ -23,6 +25,114 @@ from pipeline.store import file_hash, record_key
 
 _ENV = SandboxedEnvironment(undefined=StrictUndefined)
 DEFAULT_JUDGE = "gpt-4o-2024-08-06"  # a dated snapshot: verdicts stay comparable over time
+
+
+@dataclass
+class JudgeConfig:
+    """The rubric judge: which model, which server, which key, which settings.
+
+    One description for every command that judges (`macaroon eval`, imagination's
+    `--judge_filter`, METHOD=grpo's reward, `macaroon reproduce`); `resolve_judge` turns it
+    into the backend settings and the identity that keys every judgment.
+    """
+
+    judge_backend: str = field(
+        default="openai",
+        metadata={"help": "Backend of the judge: openai (an API or a server; a local folder "
+                  "is served by vLLM on 127.0.0.1), hf or vllm."},
+    )  # fmt: skip
+    judge_model: str | None = field(
+        default=DEFAULT_JUDGE,
+        metadata={"help": "Judge model: an API model name, a Hub id or a local folder."},
+    )
+    judge_base_url: str | None = field(
+        default=None, metadata={"help": "OpenAI-compatible judge endpoint (e.g. vllm serve)."}
+    )
+    judge_api_key_env: str = field(
+        default="OPENAI_API_KEY", metadata={"help": "Environment variable with the judge's key."}
+    )
+    judge_concurrency: int = field(default=32, metadata={"help": "Judge calls in flight."})
+    judge_max_tokens: int = field(default=256, metadata={"help": "Token limit per verdict."})
+    judge_max_retries: int = field(
+        default=6, metadata={"help": "Retries of a failing judge call before it counts as failed."}
+    )
+    judge_structured: bool = field(
+        default=True,
+        metadata={"help": "Ask for the verdict as JSON schema with the type's labels "
+                  "(response_format; openai judge backend); off for servers that reject it. "
+                  "The parser reads either form."},
+    )  # fmt: skip
+
+    def __post_init__(self) -> None:
+        check_judge_options(self)
+
+
+def check_judge_options(cfg: JudgeConfig) -> None:
+    if cfg.judge_concurrency < 1 or cfg.judge_max_tokens < 1 or cfg.judge_max_retries < 0:
+        raise ValueError(
+            "--judge_concurrency and --judge_max_tokens must be 1 or more, "
+            "--judge_max_retries 0 or more"
+        )
+
+
+def judge_options(cfg: JudgeConfig) -> JudgeConfig:
+    """The judge fields of any config that carries them, as a plain JudgeConfig."""
+    return JudgeConfig(**{f.name: getattr(cfg, f.name) for f in fields(JudgeConfig)})
+
+
+@dataclass(frozen=True)
+class Judge:
+    """A resolved judge: the backend it runs on, whether replies are constrained to the
+    type's labels, and its sampling (greedy, `judge_max_tokens`)."""
+
+    backend: BackendConfig
+    structured: bool
+    sampling: Sampling
+
+    @functools.cached_property
+    def identity(self) -> dict:
+        """What keys its judgments (judge_identity); computed once, on first use."""
+        return judge_identity(self.backend, self.structured)
+
+    def describe(self) -> dict:
+        """The judge as reports and plan locks name it (no key, only its variable)."""
+        return {"model": self.backend.model, "backend": self.backend.backend,
+                "base_url": self.backend.base_url, "temperature": self.sampling.temperature,
+                "max_tokens": self.sampling.max_tokens, "structured": self.structured}  # fmt: skip
+
+
+def resolve_judge(
+    cfg: JudgeConfig, runtime: BackendConfig | None = None, seed: int = 0, check: bool = True
+) -> Judge:
+    """The judge `cfg` describes, ready to open. `runtime`: the stage's own backend settings
+    (dtype, batch size, executor, image cap), which a judge on hf or vllm shares; a judge
+    with no model of its own (imagination's default) is `runtime`'s model, at its endpoint.
+    `check`: refuse, before any work, an API judge whose key is not in the environment."""
+    runtime = runtime or BackendConfig()
+    base = {f.name: getattr(runtime, f.name) for f in fields(BackendConfig)}
+    backend = BackendConfig(**{
+        **base, "backend": cfg.judge_backend, "model": cfg.judge_model or runtime.model,
+        "base_url": cfg.judge_base_url or (None if cfg.judge_model else runtime.base_url),
+        "api_key_env": cfg.judge_api_key_env, "concurrency": cfg.judge_concurrency,
+        "max_retries": cfg.judge_max_retries,
+    })  # fmt: skip
+    if check:
+        _check_key(backend)
+    # The engines behind hf and vllm do not constrain decoding: no format to send or key.
+    structured = cfg.judge_structured and backend.backend == "openai"
+    sampling = Sampling(max_tokens=cfg.judge_max_tokens, temperature=0.0, seed=seed)
+    return Judge(backend, structured, sampling)
+
+
+def _check_key(backend: BackendConfig) -> None:
+    if backend.backend != "openai" or backend.base_url or Path(backend.model).is_dir():
+        return
+    if not os.environ.get(backend.api_key_env):
+        raise ValueError(
+            f"the judge {backend.model} needs an API key in ${backend.api_key_env}; or judge "
+            "with another server (--judge_base_url URL --judge_model NAME) or a local model "
+            "folder (--judge_model DIR, served on 127.0.0.1 by vLLM)"
+        )
 
 
 def load_judge_template(path: str | Path) -> str:

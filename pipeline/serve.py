@@ -16,7 +16,7 @@ import urllib.request
 from pathlib import Path
 
 from pipeline.backends.vllm_engine import CPU_KV_CACHE_BYTES
-from pipeline.image_limits import processor_kwargs
+from pipeline.families.image_tokens import processor_kwargs
 
 STRUCTURED_OUTPUTS = {"backend": "guidance", "disable_any_whitespace": True}
 

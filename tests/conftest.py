@@ -91,6 +91,22 @@ def tiny_model(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def sample_images(tmp_path_factory):
+    """sample_images(*names) -> a new folder holding copies of those bundled sample images
+    (default: sample_001.jpg and sample_002.jpg). Each call makes its own folder, so a test
+    may corrupt or add images without touching another test's."""
+    import shutil
+
+    def make(*names: str) -> Path:
+        folder = tmp_path_factory.mktemp("images")
+        for name in names or ("sample_001.jpg", "sample_002.jpg"):
+            shutil.copy(SAMPLES / "images" / name, folder / name)
+        return folder
+
+    return make
+
+
+@pytest.fixture(scope="session")
 def sample_image():
     from PIL import Image
 

@@ -36,14 +36,14 @@ GPU_CONFIGS = sorted(set(EXPECTED) - {"ddp_cpu.yaml"})
 
 
 def launch_env(name: str, options: list[str] = ()) -> dict[str, str]:
-    """The environment `accelerate launch --config_file NAME [OPTIONS] -m pipeline.cli train`
+    """The environment `accelerate launch --config_file NAME [OPTIONS] -m commands.cli train`
     gives the training processes."""
     return launch(name, options)[1]
 
 
 def launch(name: str, options: list[str] = ()) -> tuple:
     """(args, environment) of that launch, args as accelerate hands them to torchrun."""
-    argv = ["--config_file", str(CONFIGS / name), *options, "-m", "pipeline.cli", "train"]
+    argv = ["--config_file", str(CONFIGS / name), *options, "-m", "commands.cli", "train"]
     args, defaults, mixed_precision_from_config = _validate_launch_command(
         launch_command_parser().parse_args(argv)
     )

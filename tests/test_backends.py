@@ -2,24 +2,19 @@
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 
 import pytest
-from conftest import SAMPLES
 
 
 @pytest.fixture(scope="module")
-def images(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("images")
-    for name in ("sample_001.jpg", "sample_004.jpg"):
-        shutil.copy(SAMPLES / "images" / name, folder / name)
-    return folder
+def images(sample_images):
+    return sample_images("sample_001.jpg", "sample_004.jpg")
 
 
 def imagine(model, images, out, *extra):
-    argv = [sys.executable, "-m", "pipeline.cli", "imagine", "--model", str(model),
+    argv = [sys.executable, "-m", "commands.cli", "imagine", "--model", str(model),
             "--images", str(images), "--out", str(out), "--question_temperature", "0",
             "--question_max_tokens", "12", "--response_max_tokens", "12",
             "--progress", "false", *extra]  # fmt: skip

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from conftest import CRITERIA, PIE_TYPES
 
-from pipeline.cli import COMMANDS, main
+from commands.cli import COMMANDS, main
 
 
 def test_console_script_lists_only_working_commands():
@@ -73,8 +73,7 @@ def test_criteria_command_lists_types(capsys):
 def test_generated_docs_are_current():
     from conftest import REPO
 
-    from pipeline.cli import command_configs
-    from pipeline.docs import config_reference, models_reference
+    from commands.docs import command_configs, config_reference, models_reference
 
     pages = {"CONFIG.md": config_reference(command_configs()), "MODELS.md": models_reference()}
     for name, text in pages.items():

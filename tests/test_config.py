@@ -22,9 +22,10 @@ def test_defaults_without_a_file():
 def test_bundled_configs_parse(tmp_path):
     from conftest import REPO
 
+    from commands.data import CriteriaConfig
+    from commands.demo import DemoConfig
     from evaluation.run import EvalConfig
     from imagination.imagine import ImagineConfig
-    from pipeline.cli import CriteriaConfig, DemoConfig
 
     for name, kind in [
         ("tiny_model", TinyModelConfig),

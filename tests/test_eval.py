@@ -11,7 +11,7 @@ import pytest
 from conftest import PIE_TYPES, SAMPLES
 from openai_stub import last_user_text, stub_server
 
-from pipeline.cli import main
+from commands.cli import main
 
 SECRET = "sk-test-do-not-leak-4242"
 # What the scripted judge says for each type: known answers give known metrics.
@@ -205,7 +205,7 @@ def test_make_eval_with_the_tiny_model_and_a_local_judge_server(tiny_model, vllm
     """The real path: hf answers, a vLLM OpenAI-compatible server on loopback judges (the
     demo's test covers the server eval starts by itself for a judge folder)."""
     model, server = tiny_model("llava"), vllm_server("llava")
-    command = [sys.executable, "-m", "pipeline.cli", "eval", "--model", str(model),
+    command = [sys.executable, "-m", "commands.cli", "eval", "--model", str(model),
                "--judge_model", str(model), "--judge_base_url", server.base_url,
                "--out", str(tmp_path), "--max_tokens", "24",
                "--judge_max_tokens", "32", "--progress", "false"]  # fmt: skip

@@ -2,7 +2,7 @@
 inference see the same tokens.
 
 The expected renderings, special tokens, generation settings and image-token counts are the
-published checkpoints' (pipeline/tiny_model/families/*.yaml, with their sources); only sizes
+published checkpoints' (pipeline/families/*.yaml, with their sources); only sizes
 shrink. vLLM's side of the matrix is in test_vllm.py.
 """
 
@@ -15,8 +15,8 @@ from PIL import Image
 
 from pipeline.backends import Request, Sampling, generate_in_order
 from pipeline.chat import prompt_text, stop_token_ids
+from pipeline.families import family
 from pipeline.tiny_model import ARCHS
-from pipeline.tiny_model.families import family
 
 IMG = {"type": "image"}
 
@@ -75,7 +75,7 @@ def test_vllm_reads_the_template_as_taking_content_parts(arch):
     """vLLM passes images as content parts only to templates it sees looping over them."""
     from vllm.renderers.hf import _detect_content_format
 
-    from pipeline.tiny_model.families import chat_template
+    from pipeline.families import chat_template
 
     assert _detect_content_format(chat_template(family(arch)), default="string") == "openai"
 
@@ -218,7 +218,7 @@ def test_lora_adapts_the_language_model_only(tiny_model, arch):
 def test_one_crl_and_one_dpo_step_then_the_adapter_answers(tiny_model, tmp_path, arch):
     from train_data import save_templated
 
-    from pipeline.cli import main
+    from commands.cli import main
     from trainers.inference import TrainedModelBackend
 
     data = save_templated(tmp_path / "data", image_names=range(1, 3))

@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import load_file
 from train_data import save_templated
 
-from pipeline.cli import main
+from commands.cli import main
 from pipeline.store import RecordStore
 
 
@@ -45,7 +45,7 @@ def test_an_output_folder_that_cannot_be_written(tiny_model, capsys):
 
 
 def _cli(*args):
-    return [sys.executable, "-m", "pipeline.cli", *args]
+    return [sys.executable, "-m", "commands.cli", *args]
 
 
 def _wait_for(path, deadline_s=300, min_bytes=1):

@@ -14,7 +14,7 @@ from conftest import CRITERIA
 from fault_proxy import fault_proxy
 from train_data import PREFERRED, REJECTED, save_templated
 
-from pipeline.cli import main
+from commands.cli import main
 from trainers.config import MacaroonTrainConfig, RewardJudgeConfig
 from trainers.train import train
 

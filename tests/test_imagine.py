@@ -10,19 +10,15 @@ import time
 
 import pytest
 import yaml
-from conftest import CRITERIA, PIE_TYPES, SAMPLES
+from conftest import CRITERIA, PIE_TYPES
 
+from commands.cli import main
 from imagination.imagine import ImagineConfig, run_imagine
-from pipeline.cli import main
 
 
 @pytest.fixture
-def images(tmp_path):
-    folder = tmp_path / "images"
-    folder.mkdir()
-    for name in ("sample_001.jpg", "sample_002.jpg", "sample_003.jpg"):
-        shutil.copy(SAMPLES / "images" / name, folder / name)
-    return folder
+def images(sample_images):
+    return sample_images("sample_001.jpg", "sample_002.jpg", "sample_003.jpg")
 
 
 def config(model, images, out, **extra):
@@ -156,7 +152,7 @@ KILL_ARGV = ["--questions_per_type", "2", "--question_temperature", "0",
 
 
 def imagine_argv(model):
-    return [sys.executable, "-m", "pipeline.cli", "imagine", "--model", str(model), *KILL_ARGV]
+    return [sys.executable, "-m", "commands.cli", "imagine", "--model", str(model), *KILL_ARGV]
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ from conftest import SAMPLES
 from openai_stub import stub_server
 from train_data import save_templated
 
-from pipeline.cli import main
+from commands.cli import main
 from pipeline.fingerprint import model_identity
 
 VERDICT = '{"verdict": "True", "explanation": "fine"}'
@@ -81,11 +81,9 @@ def test_an_adapter_without_its_record_says_how_to_evaluate_it(tiny_model, tmp_p
     assert metrics["model"]["conditioning"] == "good"
 
 
-def test_imagination_keys_follow_the_chat_template(tiny_model, tmp_path):
+def test_imagination_keys_follow_the_chat_template(tiny_model, sample_images, tmp_path):
     """Editing only the model's chat template makes every imagined record again."""
-    images = tmp_path / "images"
-    images.mkdir()
-    shutil.copy(SAMPLES / "images" / "sample_001.jpg", images)
+    images = sample_images("sample_001.jpg")
     model = tmp_path / "model"
     shutil.copytree(tiny_model("llava"), model)
     argv = ["imagine", "--model", str(model), "--images", str(images), "--out",

@@ -22,8 +22,8 @@ from train_data import (
     save_templated,
 )
 
+from commands.cli import main
 from pipeline.backends import Request, Sampling
-from pipeline.cli import main
 
 pytestmark = pytest.mark.slow
 QUESTIONS = ["What colour is the mug?", "How big is the dog?", "Is the lamp on?"]

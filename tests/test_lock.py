@@ -56,8 +56,8 @@ def _commands(command, base_url, out):
     common = ["--backend", "openai", "--model", "stub-model", "--base_url", base_url,
               "--out", str(out), "--progress", "false"]  # fmt: skip
     if command == "imagine":
-        return ["-m", "pipeline.cli", "imagine", *common, "--images", str(SAMPLES / "images")]
-    return ["-m", "pipeline.cli", command, *common, "--judge_base_url", base_url,
+        return ["-m", "commands.cli", "imagine", *common, "--images", str(SAMPLES / "images")]
+    return ["-m", "commands.cli", command, *common, "--judge_base_url", base_url,
             "--judge_model", "judge"]  # fmt: skip
 
 

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from commands.cli import main
 from evaluation.metrics import summarize, type_metrics
 from imagination.browse import write_browse, write_pairs
 from imagination.filters import DROP_REASONS
-from pipeline.cli import main
 
 TYPES = ("False Premise", "Subject Ambiguity", "Hidden Human Preferences")
 NEEDLE = "zebra-needle-4711"  # in exactly one pair's preferred response

@@ -12,7 +12,7 @@ from dataclasses import replace
 from functools import partial
 
 import pytest
-from conftest import CRITERIA, REPO, SAMPLES
+from conftest import CRITERIA, REPO
 
 from imagination.imagine import ImagineConfig, _stage_sampling, run_imagine
 from imagination.prompts import load_templates
@@ -44,11 +44,8 @@ def cluster():
 
 
 @pytest.fixture(scope="module")
-def images(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("images")
-    for name in ("sample_001.jpg", "sample_002.jpg"):
-        shutil.copy(SAMPLES / "images" / name, folder / name)
-    return folder
+def images(sample_images):
+    return sample_images("sample_001.jpg", "sample_002.jpg")
 
 
 @pytest.fixture(scope="module")
@@ -240,7 +237,7 @@ def adapter(tiny_model, tmp_path_factory):
 
 
 def test_eval_answers_of_an_adapter_on_ray_equal_in_process_ones(cluster, adapter, tmp_path):
-    from pipeline.cli import main
+    from commands.cli import main
 
     argv = ["generate", "--adapter", str(adapter), "--max_tokens", "6", "--progress", "false"]
     assert main([*argv, "--out", str(tmp_path / "local")]) == 0

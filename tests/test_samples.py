@@ -6,8 +6,8 @@ from collections import Counter
 import pytest
 from conftest import PIE_TYPES, SAMPLES
 
-from evaluation.pie import PieError, load_pie
 from pipeline.images import list_images, open_image
+from pipeline.pie import PieError, load_pie
 
 
 def test_samples_are_under_one_megabyte():

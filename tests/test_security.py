@@ -56,7 +56,7 @@ def test_no_pickle_loading_in_our_code():
 
 
 def test_telemetry_is_off_for_every_command(monkeypatch):
-    from pipeline.cli import TELEMETRY_OFF, main
+    from commands.cli import TELEMETRY_OFF, main
 
     for name in TELEMETRY_OFF:
         monkeypatch.delenv(name, raising=False)

@@ -6,8 +6,8 @@ import logging
 import pytest
 from openai_stub import stub_server
 
+from commands.cli import main
 from pipeline.backends import Completion, Request
-from pipeline.cli import main
 from pipeline.runner import Item, run_stage
 from pipeline.store import RecordStore, StoreError, record_key
 

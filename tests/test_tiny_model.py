@@ -6,9 +6,9 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from pipeline.cli import main
+from commands.cli import main
+from pipeline.families import FAMILIES_DIR, family
 from pipeline.tiny_model import ARCHS
-from pipeline.tiny_model.families import FAMILIES_DIR, family
 
 # What each family file must say, and cite.
 REQUIRED = ("family", "published", "sources", "tokenizer", "chat_template", "generation_config",

@@ -7,8 +7,8 @@ import torch
 from safetensors import safe_open
 from train_data import PREFERRED, REJECTED, save_templated, templated_rows
 
+from commands.cli import main
 from pipeline.backends import Request
-from pipeline.cli import main
 from pipeline.formats import to_dataset_dict
 from trainers.collator import PromptCompletionCollator, with_reward_token
 from trainers.data import mix

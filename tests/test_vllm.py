@@ -17,8 +17,8 @@ import pytest
 from conftest import SAMPLES
 
 from pipeline.backends import Request, Sampling, generate_in_order
+from pipeline.families import family
 from pipeline.tiny_model import ARCHS
-from pipeline.tiny_model.families import family
 
 pytestmark = pytest.mark.vllm
 IMAGE = str(SAMPLES / "images" / "sample_001.jpg")

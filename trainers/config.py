@@ -11,8 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from pipeline import DEFAULT_CRITERIA_DIR, DEFAULT_PROMPTS_DIR
-from pipeline.image_limits import DEFAULT_MAX_IMAGE_TOKENS
-from pipeline.judge import DEFAULT_JUDGE
+from pipeline.families.image_tokens import DEFAULT_MAX_IMAGE_TOKENS
+from pipeline.judge import JudgeConfig
 
 # METHOD -> (dataset config it trains on, TRL trainer). docs/DESIGN.md §7.
 METHODS = {
@@ -114,35 +114,15 @@ class MacaroonTrainConfig:
 
 
 @dataclass
-class RewardJudgeConfig:
+class RewardJudgeConfig(JudgeConfig):
     """METHOD=grpo: the rubric judge whose verdict is the reward, as `macaroon eval` judges.
 
     True 1, Ambiguous 0.5 (tier II), False 0, minus the optional length penalty. A call
     that fails or a reply that does not parse gives no reward: that answer is left out of
-    its group's advantage, counted and logged (`judge/failed`, `judge/unparsed`).
+    its group's advantage, counted and logged (`judge/failed`, `judge/unparsed`). The
+    judge's options are `macaroon eval`'s (pipeline/judge.py, JudgeConfig).
     """
 
-    judge_model: str = field(
-        default=DEFAULT_JUDGE,
-        metadata={"help": "Judge model; a local folder with no judge_base_url is served by vLLM "
-                  "on 127.0.0.1 for the run."},
-    )  # fmt: skip
-    judge_base_url: str | None = field(
-        default=None, metadata={"help": "OpenAI-compatible judge endpoint (e.g. vllm serve)."}
-    )
-    judge_api_key_env: str = field(
-        default="OPENAI_API_KEY", metadata={"help": "Environment variable with the judge's key."}
-    )
-    judge_concurrency: int = field(default=32, metadata={"help": "Judge calls in flight."})
-    judge_max_tokens: int = field(default=256, metadata={"help": "Token limit per verdict."})
-    judge_max_retries: int = field(
-        default=6, metadata={"help": "Retries of a failing judge call before it counts as failed."}
-    )
-    judge_structured: bool = field(
-        default=True,
-        metadata={"help": "Ask for the verdict as JSON schema with the type's labels "
-                  "(response_format); off for servers that reject it."},
-    )  # fmt: skip
     criteria: str = field(
         default=str(DEFAULT_CRITERIA_DIR), metadata={"help": "Rubrics, one file per type."}
     )
@@ -159,10 +139,6 @@ class RewardJudgeConfig:
     )  # fmt: skip
 
     def __post_init__(self) -> None:
-        if self.judge_concurrency < 1 or self.judge_max_tokens < 1 or self.judge_max_retries < 0:
-            raise ValueError(
-                "--judge_concurrency and --judge_max_tokens must be 1 or more, "
-                "--judge_max_retries 0 or more"
-            )
+        super().__post_init__()
         if self.length_penalty < 0:
             raise ValueError("--length_penalty must be 0 (off) or more")

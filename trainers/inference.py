@@ -13,7 +13,7 @@ from pathlib import Path
 
 from pipeline.backends import Completion, Request
 from pipeline.backends.hf import HFBackend
-from pipeline.image_limits import processor_kwargs
+from pipeline.families.image_tokens import processor_kwargs
 from trainers.collator import with_reward_token
 from trainers.config import RECORD_FILE
 

@@ -6,8 +6,8 @@ import re
 
 from peft import LoraConfig
 
-from pipeline.image_limits import processor_kwargs
-from pipeline.tiny_model.families import family_of
+from pipeline.families import family_of
+from pipeline.families.image_tokens import processor_kwargs
 
 
 def load_model_and_processor(
@@ -15,7 +15,7 @@ def load_model_and_processor(
 ):
     """`AutoModelForImageTextToText` + `AutoProcessor` from TRL's `ModelConfig` fields.
 
-    The processor gets the same image-token cap as the backends (pipeline/image_limits.py).
+    The processor gets the same image-token cap as the backends (pipeline/families/image_tokens.py).
     """
     import torch
     from transformers import AutoModelForImageTextToText, AutoProcessor

@@ -61,7 +61,7 @@ def _as_dataset(rows: list[dict], conditioning: str | None) -> Dataset:
 
 
 def _pie_rows(path: str, types: set[str]) -> list[dict]:
-    from evaluation.pie import load_pie
+    from pipeline.pie import load_pie
 
     return [
         {"question": i.question, "question_type": i.question_type, "image_path": str(i.image)}

@@ -14,9 +14,9 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipeline.backends import Backend, BackendConfig, Sampling, close_backend
+from pipeline.backends import Backend, close_backend
 from pipeline.criteria import PARTIAL_VERDICT, QuestionType, load_criteria
-from pipeline.judge import judge_identity, judge_item, load_judge_template, parse_verdict
+from pipeline.judge import judge_item, load_judge_template, parse_verdict, resolve_judge
 from pipeline.runner import pending, run_stage
 from pipeline.store import RecordStore
 from trainers.config import RewardJudgeConfig
@@ -32,28 +32,6 @@ def score(verdict: str | None, completion_tokens: int, max_tokens: int, penalty:
     return SCORES[verdict] - penalty * min(completion_tokens / max_tokens, 1.0)
 
 
-def judge_backend_config(cfg: RewardJudgeConfig) -> BackendConfig:
-    return BackendConfig(
-        backend="openai", model=cfg.judge_model, base_url=cfg.judge_base_url,
-        api_key_env=cfg.judge_api_key_env, concurrency=cfg.judge_concurrency,
-        max_retries=cfg.judge_max_retries,
-    )  # fmt: skip
-
-
-def check_judge(cfg: RewardJudgeConfig) -> None:
-    """Refuse, before training starts, a judge that cannot be reached as configured."""
-    import os
-
-    if not cfg.judge_base_url and not Path(cfg.judge_model).is_dir():
-        if not os.environ.get(cfg.judge_api_key_env):
-            raise ValueError(
-                f"the reward judge {cfg.judge_model} needs an API key in "
-                f"${cfg.judge_api_key_env}; or judge with another server (--judge_base_url URL "
-                "--judge_model NAME) or a local model folder (--judge_model DIR, served on "
-                "127.0.0.1 by vLLM)"
-            )
-
-
 @dataclass
 class JudgeReward:
     """A TRL reward function: `(prompts, completions, question, question_type, image_path,
@@ -67,9 +45,7 @@ class JudgeReward:
     def __post_init__(self) -> None:
         self.types: dict[str, QuestionType] = load_criteria(self.cfg.criteria)
         self.template = load_judge_template(self.cfg.prompts)
-        self.sampling = Sampling(max_tokens=self.cfg.judge_max_tokens, temperature=0.0)
-        self.backend_cfg = judge_backend_config(self.cfg)
-        self.identity = judge_identity(self.backend_cfg, self.cfg.judge_structured)
+        self.judge = resolve_judge(self.cfg)
         self.backend: Backend | None = None
         self.store: RecordStore | None = None
 
@@ -79,7 +55,7 @@ class JudgeReward:
     ) -> list[float | None]:  # fmt: skip
         items = [
             judge_item(self.template, self.types[qtype], image, q, _text(completion),
-                       self.identity, self.sampling, structured=self.cfg.judge_structured,
+                       self.judge.identity, self.judge.sampling, structured=self.judge.structured,
                        fields={"question": q, "question_type": qtype, "image": str(image),
                                "response": _text(completion)})
             for q, qtype, image, completion in zip(question, question_type, image_path,
@@ -117,7 +93,7 @@ class JudgeReward:
         if self.backend is None:
             from pipeline.backends import open_backend
 
-            self.backend = open_backend(self.backend_cfg)
+            self.backend = open_backend(self.judge.backend)
         return self.backend
 
     def close(self) -> None:

@@ -387,10 +387,9 @@ def _reward(cfg: MacaroonTrainConfig, judge, args):
     """The reward function of a GRPO run: the rubric judge, unless the caller passed one."""
     if callable(judge):
         return judge
-    from trainers.reward import JudgeReward, check_judge
+    from trainers.reward import JudgeReward
 
     judge = judge or RewardJudgeConfig()
-    check_judge(judge)
     store = Path(judge.judge_records or Path(args.output_dir) / "judgments.jsonl")
     if args.world_size > 1:  # one writer per record store: each process keeps its own
         store = store.with_name(f"{store.stem}-{args.process_index}{store.suffix}")
@@ -401,7 +400,7 @@ def _processor_with_reward_tokens(adapter: str, model, model_args, cfg: Macaroon
     """The CRL adapter's processor (its tokenizer holds <|good|>), the base sized to it."""
     from transformers import AutoProcessor
 
-    from pipeline.image_limits import processor_kwargs
+    from pipeline.families.image_tokens import processor_kwargs
 
     limits = processor_kwargs(
         model_args.model_name_or_path, cfg.max_image_tokens, model_args.model_revision

@@ -15,7 +15,7 @@ from functools import partial
 from pathlib import Path
 from typing import Protocol
 
-from pipeline.image_limits import DEFAULT_MAX_IMAGE_TOKENS
+from pipeline.families.image_tokens import DEFAULT_MAX_IMAGE_TOKENS
 
 
 @dataclass(frozen=True)
@@ -179,8 +179,8 @@ def backend_identity(cfg: BackendConfig) -> dict:
     The model's content or resolved revision, and the image-token cap where it changes the
     prompt; never batch size, concurrency or retries.
     """
+    from pipeline.families.image_tokens import processor_kwargs
     from pipeline.fingerprint import is_model_folder, model_identity
-    from pipeline.image_limits import processor_kwargs
 
     local = is_model_folder(cfg.model)
     endpoint = None

@@ -6,7 +6,7 @@ from collections.abc import Iterator, Sequence
 
 from pipeline.backends import Completion, Request, Sampling
 from pipeline.chat import prompt_special_tokens, prompt_text, stop_token_ids
-from pipeline.image_limits import processor_kwargs
+from pipeline.families.image_tokens import processor_kwargs
 from pipeline.images import open_image
 
 

@@ -17,15 +17,11 @@ from pathlib import Path
 import yaml
 
 from pipeline import DEFAULT_CRITERIA_DIR, DEFAULT_SAMPLES_DIR
-from pipeline.tiny_model.families import (
-    IMAGE_SETTINGS,
-    family,
-    family_names,
-    with_image_settings,
-)
+from pipeline.families import family, family_names
 
 ARCHS = family_names()
 SIZES = ("tiny", "small")
+IMAGE_SETTINGS = ("published", "reduced")
 # The marker that says a folder holds a finished build of these settings; bumped when the
 # build changes, so an old folder is rebuilt rather than reused.
 BUILD_VERSION = 3
@@ -90,6 +86,25 @@ def build_tiny_model(cfg: TinyModelConfig) -> Path:
     save(spec, cfg.size, corpus(cfg), out)
     marker.write_text(json.dumps(wanted))
     return out
+
+
+def with_image_settings(spec: dict, images: str) -> dict:
+    """`spec` with its `reduced_images` overrides applied when `images` is "reduced"."""
+    if images not in IMAGE_SETTINGS:
+        raise ValueError(f"--images {images!r}: choose one of {', '.join(IMAGE_SETTINGS)}")
+    if images == "published":
+        return spec
+    reduced = spec.get("reduced_images", {})
+    targets = {
+        "processor": spec["processor"].setdefault("kwargs", {}),
+        "image_processor": spec["processor"]["image_processor"]["kwargs"],
+        "video_processor": spec["processor"].get("video_processor", {}).get("kwargs", {}),
+        "model": spec["model"]["kwargs"],
+        "vision_config": spec["model"]["vision_config"],
+    }
+    for section, values in reduced.items():
+        targets[section].update(values)
+    return spec
 
 
 def corpus(cfg: TinyModelConfig) -> list[str]:

@@ -2,13 +2,28 @@
 
 from __future__ import annotations
 
+import copy
 import os
+from functools import cache
 from pathlib import Path
 
-from pipeline.tiny_model.families import chat_template, sizes
+import yaml
+
+from pipeline.families import chat_template
 from pipeline.tiny_model.tokenizer import build_tokenizer
 
+SIZES_FILE = Path(__file__).with_name("sizes.yaml")
 ID_KEYS = ("_id", "_index", "_ids")  # config keys whose token names become token ids
+
+
+@cache
+def _sizes() -> dict:
+    return yaml.safe_load(SIZES_FILE.read_text(encoding="utf-8"))
+
+
+def sizes() -> dict:
+    """Widths and depths per size (sizes.yaml): the only things a build shrinks."""
+    return copy.deepcopy(_sizes())
 
 
 def resolve(value, tokenizer, dims: dict, key: str = ""):

@@ -6,7 +6,7 @@ training batch. Every stage therefore loads these processors with a cap on their
 budget (`--max_image_tokens`, default 1280, the Qwen README's suggestion). The other
 families bound their image tokens by design (fixed size or a fixed grid of tiles) and are
 left as published. Which families need the cap, and how it translates into a processor
-setting, is data: `image_limit` in pipeline/tiny_model/families/*.yaml.
+setting, is data: `image_limit` in pipeline/families/*.yaml.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ def processor_kwargs(
     """
     if not max_image_tokens:
         return {}
-    from pipeline.tiny_model.families import family_of
+    from pipeline.families import family_of
 
     limit = (family_of(model_type(model, revision)) or {}).get("image_limit")
     if limit is None:

@@ -39,7 +39,9 @@ class DemoConfig:
 
 def run_demo(argv: Sequence[str]) -> int:
     """Run every step; the exit status is 1 if any step left work undone."""
-    from pipeline import cli
+    from commands.data import cmd_imagine
+    from commands.evaluate import cmd_eval, cmd_report
+    from commands.train import cmd_train
     from pipeline.serve import VLLMServer
     from pipeline.tiny_model import TinyModelConfig, build_tiny_model
 
@@ -50,31 +52,31 @@ def run_demo(argv: Sequence[str]) -> int:
     build_tiny_model(TinyModelConfig(arch=cfg.arch, size=cfg.size, out=model,
                                      criteria_dir=cfg.criteria))  # fmt: skip
     print("[2/5] self-imagination: questions, preferred and rejected responses, filter, build")
-    status = cli.cmd_imagine(["--model", model, "--images", cfg.images,
-                              "--criteria", cfg.criteria, "--out", str(out / "imagine"),
-                              "--question_max_tokens", "24", "--response_max_tokens", tokens,
-                              # A random model never stops by itself: keep what it wrote.
-                              "--drop_truncated", "false"])  # fmt: skip
+    status = cmd_imagine(["--model", model, "--images", cfg.images,
+                          "--criteria", cfg.criteria, "--out", str(out / "imagine"),
+                          "--question_max_tokens", "24", "--response_max_tokens", tokens,
+                          # A random model never stops by itself: keep what it wrote.
+                          "--drop_truncated", "false"])  # fmt: skip
     print("[3/5] conditional RL training (TRL SFTTrainer, LoRA, reward tokens good/bad)")
-    status |= cli.cmd_train(["--config", str(CONFIGS / "train" / "crl.yaml"),
-                             "--data", str(out / "imagine" / "dataset"),
-                             "--model_name_or_path", model, "--output_dir", str(out / "crl"),
-                             "--max_steps", str(cfg.train_steps), "--warmup_steps", "0",
-                             "--gradient_accumulation_steps", "1",
-                             "--learning_rate", "1e-3", "--gradient_checkpointing", "false",
-                             "--save_strategy", "no", "--logging_steps", "10"])  # fmt: skip
+    status |= cmd_train(["--config", str(CONFIGS / "train" / "crl.yaml"),
+                         "--data", str(out / "imagine" / "dataset"),
+                         "--model_name_or_path", model, "--output_dir", str(out / "crl"),
+                         "--max_steps", str(cfg.train_steps), "--warmup_steps", "0",
+                         "--gradient_accumulation_steps", "1",
+                         "--learning_rate", "1e-3", "--gradient_checkpointing", "false",
+                         "--save_strategy", "no", "--logging_steps", "10"])  # fmt: skip
     print("[4/5] PIE evaluation of the base and the CRL model; a judge served on 127.0.0.1 rates")
     runs = {"base": [], "crl": ["--adapter", str(out / "crl")]}
     with VLLMServer(model, log=str(out / "logs" / "judge-server.log")) as judge:
         for name, adapter in runs.items():
-            status |= cli.cmd_eval(["--model", model, *adapter, "--name", name,
-                                    "--pie", cfg.pie, "--criteria", cfg.criteria,
-                                    "--judge_model", model, "--judge_base_url", judge.base_url,
-                                    "--out", str(out / "eval" / name), "--max_tokens", tokens,
-                                    "--judge_max_tokens", "64"])  # fmt: skip
+            status |= cmd_eval(["--model", model, *adapter, "--name", name,
+                                "--pie", cfg.pie, "--criteria", cfg.criteria,
+                                "--judge_model", model, "--judge_base_url", judge.base_url,
+                                "--out", str(out / "eval" / name), "--max_tokens", tokens,
+                                "--judge_max_tokens", "64"])  # fmt: skip
     print("[5/5] comparison: base vs CRL")
     report = out / "report"
-    status |= cli.cmd_report([*(str(out / "eval" / name) for name in runs), "--out", str(report)])
+    status |= cmd_report([*(str(out / "eval" / name) for name in runs), "--out", str(report)])
     print(
         f"\ndemo done{' (with failures: see above)' if status else ''}:\n"
         f"  dataset  {out / 'imagine' / 'dataset'} (browse it: {out / 'imagine' / 'browse.html'})"

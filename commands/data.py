@@ -1,0 +1,129 @@
+"""Commands that make and inspect data: tiny-model, criteria, imagine, build, browse, import."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from commands.common import ensure_default_model, leading_paths
+from pipeline import DEFAULT_CRITERIA_DIR
+from pipeline.config import parse_config
+from pipeline.lock import folder_lock
+
+
+def cmd_tiny_model(argv: Sequence[str]) -> int:
+    from pipeline.tiny_model import TinyModelConfig, build_tiny_model
+
+    (cfg,) = parse_config([TinyModelConfig], argv, "macaroon tiny-model")
+    out = build_tiny_model(cfg)
+    print(f"tiny model ({cfg.arch}, {cfg.size}) ready in {out}")
+    return 0
+
+
+@dataclass
+class CriteriaConfig:
+    """`macaroon criteria`: validate a criteria folder and list its types with their hashes."""
+
+    criteria_dir: str = field(default=str(DEFAULT_CRITERIA_DIR), metadata={"help": "Folder."})
+
+
+def cmd_criteria(argv: Sequence[str]) -> int:
+    from pipeline.criteria import criteria_hash, load_criteria
+
+    (cfg,) = parse_config([CriteriaConfig], argv, "macaroon criteria")
+    types = load_criteria(cfg.criteria_dir)
+    for name, qtype in types.items():
+        print(f"{qtype.tier:>3}  {name:<28} {qtype.content_hash}  {qtype.source}")
+    print(f"{len(types)} question types, criteria hash {criteria_hash(types)}")
+    return 0
+
+
+def cmd_imagine(
+    argv: Sequence[str], prog: str = "macaroon imagine", stages: str | None = None
+) -> int:
+    from imagination.imagine import ImagineConfig, run_imagine
+
+    (cfg,) = parse_config([ImagineConfig], argv, prog)
+    if stages:
+        cfg.stages = stages
+    with folder_lock(cfg.out):  # before building a model: a refused run does nothing
+        ensure_default_model(cfg.model)
+        summary = run_imagine(cfg)
+    print(imagine_report(summary))
+    failed = sum(s["failed"] + s["skipped_failed"] for s in summary["stages"])
+    return 1 if failed else 0  # the exit status says whether every record was made
+
+
+def imagine_report(summary: dict) -> str:
+    from pipeline.runner import StageStats
+
+    lines = ["", "summary:"]
+    lines += ["  " + StageStats(**s).line() for s in summary["stages"]]
+    dropped = ", ".join(f"{k} {v}" for k, v in summary["dropped"].items()) or "none"
+    lines.append(
+        f"  filter     {summary['pairs']} pairs: {summary['kept']} kept; dropped: {dropped}"
+    )
+    calls = summary["model_calls"]
+    lines.append(f"  model calls: {calls}" + (" (everything was cached)" if calls == 0 else ""))
+    if summary["dataset"]:
+        rows = ", ".join(f"{k} {v}" for k, v in summary["rows"].items())
+        lines.append(f"  dataset: {summary['dataset']} ({rows})")
+    else:
+        lines.append("  dataset: not written (no pairs kept, or build not among --stages)")
+    if summary.get("browse"):
+        lines.append(f"  browse: {summary['browse']} (every pair, kept or dropped with why)")
+    return "\n".join(lines)
+
+
+def cmd_build(argv: Sequence[str]) -> int:
+    return cmd_imagine(argv, "macaroon build", stages="build")
+
+
+@dataclass
+class BrowseConfig:
+    """`macaroon browse OUT`: one HTML page of an imagined set (OUT/browse.html)."""
+
+    page: str | None = field(
+        default=None, metadata={"help": "Where to write the page (default OUT/browse.html)."}
+    )
+
+
+def cmd_browse(argv: Sequence[str]) -> int:
+    from imagination.browse import write_browse
+
+    folders = leading_paths(argv)
+    (cfg,) = parse_config([BrowseConfig], list(argv)[len(folders) :], "macaroon browse")
+    if len(folders) != 1:
+        raise ValueError("give one imagine output folder: macaroon browse OUT [--page FILE]")
+    page = write_browse(Path(folders[0]), Path(cfg.page) if cfg.page else None)
+    print(f"wrote {page}: open it in a browser (no server needed)")
+    return 0
+
+
+@dataclass
+class ImportConfig:
+    """`macaroon import FILE... --out DIR`: the original MACAROON training files."""
+
+    out: str = field(default="outputs/import", metadata={"help": "Output folder."})
+    image_root: str | None = field(
+        default=None,
+        metadata={"help": "Folder that relative image paths start from (default: each file's)."},
+    )
+    skip_missing_images: bool = field(
+        default=False, metadata={"help": "Skip records whose image is missing (counted)."}
+    )
+
+
+def cmd_import(argv: Sequence[str]) -> int:
+    from imagination.importer import import_files, save_import
+
+    paths = leading_paths(argv)
+    (cfg,) = parse_config([ImportConfig], list(argv)[len(paths) :], "macaroon import")
+    if not paths:
+        raise ValueError("give one or more files: macaroon import FILE... --out DIR")
+    dataset, summary = import_files(paths, cfg.image_root, cfg.skip_missing_images)
+    save_import(dataset, summary, Path(cfg.out))
+    rows = ", ".join(f"{name} {len(split)}" for name, split in dataset.items())
+    print(f"imported {len(paths)} file(s) into {Path(cfg.out) / 'dataset'}: {rows}")
+    return 0

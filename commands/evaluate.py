@@ -1,0 +1,102 @@
+"""Commands that evaluate: eval (and its stages generate and judge), report."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from commands.common import ensure_default_model, leading_paths
+from pipeline.config import parse_config
+from pipeline.lock import folder_lock
+
+
+def cmd_eval(argv: Sequence[str], prog: str = "macaroon eval", stages: str | None = None) -> int:
+    from evaluation.run import EvalConfig, run_eval
+
+    (cfg,) = parse_config([EvalConfig], argv, prog)
+    if stages:
+        cfg.stages = stages
+    with folder_lock(cfg.out):  # before building a model: a refused run does nothing
+        if not cfg.adapter:  # with an adapter the default means the adapter's own base
+            ensure_default_model(cfg.model)
+        metrics = run_eval(cfg)
+    print(eval_report(metrics, cfg.out))
+    failed = sum(s["failed"] + s["skipped_failed"] for s in metrics["stages"])
+    return 1 if failed else 0  # a stage with failed items is incomplete
+
+
+def eval_report(metrics: dict, out: str) -> str:
+    from pipeline.runner import StageStats
+
+    lines = ["", "summary:"] + ["  " + StageStats(**s).line() for s in metrics["stages"]]
+    lines.append(
+        f"  model calls: {metrics['model_calls']}"
+        + (" (everything was cached)" if metrics["model_calls"] == 0 else "")
+    )
+    lines.append("  Align Rate over all items (the paper's convention) / over judged items:")
+    for name, m in metrics["types"].items():
+        lines.append(
+            f"  {name:<28} align {_rate(m['align_rate_all'])} / {_rate(m['align_rate'])}  "
+            f"(n {m['n']}, unparsed {m['unparsed']}, failed {m['failed']}, "
+            f"cut off {m.get('truncated', 0)})"
+        )
+    lines.append(
+        f"  AAR {_rate(metrics['aar_all'], 3)} over all items (the original code's convention, "
+        f"comparable to the paper's 0.84); {_rate(metrics['aar'], 3)} over judged items"
+    )
+    if metrics.get("truncated"):
+        lines.append(
+            f"  {metrics['truncated']} of {metrics['n']} answers hit --max_tokens and were "
+            "judged as cut off; raise it if that is not what you meant to test"
+        )
+    lines.append(f"  results in {out} (metrics.json, table.md, plot.png, browse.html)")
+    return "\n".join(lines)
+
+
+def _rate(value: float | None, digits: int = 2) -> str:
+    return "–" if value is None else f"{value:.{digits}f}"
+
+
+@dataclass
+class ReportConfig:
+    """`macaroon report RUN_DIR... [--out DIR] [--agreement RUN_DIR|labels.csv]`."""
+
+    out: str | None = field(default=None, metadata={"help": "Where the comparison goes."})
+    agreement: str | None = field(
+        default=None,
+        metadata={"help": "Another judge's run folder or a CSV of human labels (Image ID, "
+                  "Question, label): agreement and Cohen's kappa with the first run."},
+    )  # fmt: skip
+
+
+def cmd_report(argv: Sequence[str]) -> int:
+    from evaluation.agreement import agreement, agreement_table, load_verdicts
+    from evaluation.compare import read_items, write_compare
+    from evaluation.report import write_reports
+
+    runs = leading_paths(argv)
+    (cfg,) = parse_config([ReportConfig], list(argv)[len(runs) :], "macaroon report")
+    if not runs:
+        raise ValueError("give one or more run folders: macaroon report RUN_DIR... [--out DIR]")
+    metrics = []
+    for run in runs:
+        path = Path(run) / "metrics.json"
+        if not path.is_file():
+            raise FileNotFoundError(f"{run}: no metrics.json; run `macaroon eval` there first")
+        metrics.append(json.loads(path.read_text()))
+    items = [read_items(run) for run in runs]  # before writing anything
+    types = list(dict.fromkeys(t for m in metrics for t in m["types"]))
+    out = Path(cfg.out or (runs[0] if len(runs) == 1 else "outputs/eval/compare"))
+    out.mkdir(parents=True, exist_ok=True)
+    write_reports(metrics, types, out)
+    write_compare(metrics, items, out / "browse.html", out / "plot.png")
+    print((out / "table.md").read_text())
+    if cfg.agreement:
+        result = agreement(load_verdicts(runs[0]), load_verdicts(cfg.agreement))
+        (out / "agreement.json").write_text(json.dumps(result, indent=2))
+        (out / "agreement.md").write_text(agreement_table(result))
+        print(agreement_table(result))
+    print(f"report in {out} (table.md, plot.png, browse.html: the runs side by side)")
+    return 0
