@@ -237,6 +237,13 @@ _HEDGES = frozenset(
     "neither nor either or could might may maybe perhaps possibly probably likely arguably "
     "half semi kind sort".split()
 )
+# A judge that takes its verdict back ("True. Actually, the answer is False.") opens a
+# clause with one of these; a label later in that clause is one more verdict position.
+_RETRACTION = re.compile(
+    r"(?:^|[.!?;,\n])\s*(?:actually|wait|no wait|correction|on second thought|on reflection|"
+    r"scratch that|i mean|i meant|rather|let me reconsider|hmm+)\b",
+    re.I,
+)
 # Every label of any type, so that one outside a type's set is seen, and rejected.
 _ANY_LABEL = frozenset(label.lower() for label in (*VERDICTS, PARTIAL_VERDICT))
 _REJECTED = "\0rejected"  # a verdict position holding no clean label of the type
@@ -278,7 +285,22 @@ def _verdict_positions(text: str, known: frozenset[str]) -> list[str]:
     # `Answer: the mug is red` in an explanation is no verdict: such values are skipped.
     found += [_read(text[m.end() :], known) for m in _KEYED.finditer(text)]
     found.append(_read(text, known))  # "True. The response asks which mug..."
+    found += [_retracted(text[m.end() :], known) for m in _RETRACTION.finditer(text)]
     return [f for f in found if f is not None]
+
+
+def _retracted(clause: str, known: frozenset[str]) -> str | None:
+    """The label a retraction clause settles on ("Actually, the answer is False."): the first
+    clean label before the clause ends; a label inside a phrase ("the false premise") is
+    none."""
+    for word in re.finditer(r"[A-Za-z]+|[.!?\n]", clause[:200]):
+        if not word.group().isalpha():
+            return None  # the clause ended with no label
+        if word.group().lower() in known:
+            label = _read(clause[word.start() :], known)
+            if label is not None and label != _REJECTED:
+                return label
+    return None
 
 
 def _read(value: str, known: frozenset[str]) -> str | None:
@@ -291,6 +313,12 @@ def _read(value: str, known: frozenset[str]) -> str | None:
     if word in known:
         end = _CLEAN_END.match(value, first.end())
         clean = end is not None and (end.group(1) or "").lower() not in _HEDGES
+        # Emphasis or quotes close a label by themselves ("**True** The response asks..."),
+        # unless what follows hedges it or names another label ("**True** or **False**").
+        closed = first.end() > first.start(1) + len(first.group(1))
+        following = re.findall(r"[A-Za-z]+", value[first.end() :])[:1]
+        if closed and not clean and end is None:
+            clean = not following or following[0].lower() not in _HEDGES | known
         return word if clean else _REJECTED
     following = re.findall(r"[A-Za-z]+", value[first.end() :])[:3]
     if word in _HEDGES and any(w.lower() in known for w in following):
