@@ -254,8 +254,9 @@ def parse_verdict(text: str | None, labels: list[str] | tuple[str, ...]) -> str 
 
     Verdict positions are: the verdict/flag/label/judgment/answer field of a JSON object
     (fenced or not, any key order), `Flag:`/`Verdict:`/`Label:`/`Judgment:`/`Answer:`
-    followed by a label anywhere in the text, and a reply that opens with a label. Each
-    must hold one of `labels` (any case, with markdown emphasis, quotes or trailing
+    followed by a label anywhere in the text, a reply that opens with a label (bold or
+    quoted, it needs no punctuation after it: `**True** The response ...`), and the label a
+    retraction settles on (`True. Actually, the answer is False.` names two). Each must hold one of `labels` (any case, with markdown emphasis, quotes or trailing
     punctuation); the reply parses only when every position agrees. A negated or hedged
     label ("not True", "partially true", "True/False", "true or false?"), a label outside
     `labels` (Ambiguous on a True/False type) or two different labels is unparsed: a
