@@ -28,7 +28,7 @@ OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
 
 .DEFAULT_GOAL := help
 .PHONY: help setup check-venv check-gpu-install demo test lint format bench tiny-model imagine \
-	build browse import train eval report clean
+	build browse import train eval report reproduce clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -112,6 +112,16 @@ EVAL_OPTS = $(if $(BACKEND),--backend $(BACKEND)) $(if $(MODEL),--model $(MODEL)
 
 eval: $(STAMP) ## PIE: generate -> judge -> report into $(OUT) (default outputs/eval/NAME)
 	$(BIN)/macaroon eval --config configs/eval.yaml $(EVAL_OPTS)
+
+# make reproduce [PLAN=configs/reproduce/paper.yaml] [OUT=dir] [MODEL=..] [PIE=..]
+#                [JUDGE_BASE_URL=url] [JUDGE_MODEL=name] [BACKEND=hf|vllm] [ARGS="--dry_run true"]
+REPRODUCE_OPTS = --plan $(or $(PLAN),configs/reproduce/paper.yaml) $(if $(OUT),--out $(OUT)) \
+	$(if $(MODEL),--model $(MODEL)) $(if $(PIE),--pie $(PIE)) $(if $(BACKEND),--backend $(BACKEND)) \
+	$(if $(JUDGE_BASE_URL),--judge_base_url $(JUDGE_BASE_URL)) \
+	$(if $(JUDGE_MODEL),--judge_model $(JUDGE_MODEL)) $(ARGS)
+
+reproduce: $(STAMP) ## the paper's table: every METHOD trained, judged by one judge, tabulated (PLAN=, OUT=)
+	$(BIN)/macaroon reproduce $(REPRODUCE_OPTS)
 
 report: $(STAMP) ## compare runs: make report RUNS="outputs/eval/a outputs/eval/b"
 	$(BIN)/macaroon report $(RUNS) $(ARGS)

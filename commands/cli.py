@@ -17,6 +17,7 @@ from commands.data import (
 from commands.demo import run_demo
 from commands.docs import cmd_docs
 from commands.evaluate import cmd_eval, cmd_report
+from commands.reproduce import cmd_reproduce
 from commands.train import cmd_train
 from pipeline.config import ConfigError
 from pipeline.criteria import CriteriaError
@@ -43,6 +44,10 @@ COMMANDS: dict[str, tuple[str, Callable[[Sequence[str]], int]]] = {
     ),
     "report": ("metrics, table, plot; compare runs; judge agreement", cmd_report),
     "eval": ("generate -> judge -> report on PIE", cmd_eval),
+    "reproduce": (
+        "the paper's table: every METHOD trained, judged by one judge, tabulated",
+        cmd_reproduce,
+    ),
     "docs": ("write docs/CONFIG.md and docs/MODELS.md from the code and data", cmd_docs),
     "demo": ("run the main job on the bundled defaults", run_demo),
 }

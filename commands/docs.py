@@ -182,6 +182,7 @@ def command_configs() -> list[tuple[str, type]]:
     from commands.data import BrowseConfig, CriteriaConfig, ImportConfig
     from commands.demo import DemoConfig
     from commands.evaluate import ReportConfig
+    from commands.reproduce import ReproduceConfig
     from evaluation.run import EvalConfig
     from imagination.imagine import ImagineConfig
     from pipeline.tiny_model import TinyModelConfig
@@ -197,6 +198,7 @@ def command_configs() -> list[tuple[str, type]]:
         ("macaroon browse", BrowseConfig),
         ("macaroon import", ImportConfig),
         ("macaroon demo", DemoConfig),
+        ("macaroon reproduce (and a plan's keys: docs/REPRODUCE.md)", ReproduceConfig),
         ("macaroon tiny-model", TinyModelConfig),
         ("macaroon criteria", CriteriaConfig),
     ]  # fmt: skip

@@ -23,7 +23,9 @@ Definitions (stated in every report):
   questions weigh more: / all responses (`aar_weighted_all`) or / responses with a verdict
   (`aar_weighted`);
 - `ci95_all` and `ci95`: a percentile bootstrap of the type's Align Rate over its items
-  (1,000 resamples, seeded).
+  (1,000 resamples, seeded); `aar_ci95_all` and `aar_ci95` likewise for the AAR, each
+  type's items resampled within the type (a stratified bootstrap: the types keep their
+  sizes, as in PIE).
 """
 
 from __future__ import annotations
@@ -74,6 +76,29 @@ def bootstrap_ci(flags: Sequence[bool], resamples: int = 1000, seed: int = 0) ->
     size = len(flags)
     means = sorted(sum(rng.choices(flags, k=size)) / size for _ in range(resamples))
     return [means[int(0.025 * resamples)], means[min(resamples - 1, int(0.975 * resamples))]]
+
+
+def aar_ci(
+    flags_per_type: Sequence[Sequence[bool]], resamples: int = 1000, seed: int = 0
+) -> list | None:
+    """Stratified percentile bootstrap 95% interval of the unweighted mean of the types'
+    rates: each resample draws every type's items from that type. Types without items are
+    left out (as the AAR leaves them out); None when none has any."""
+    groups = [list(flags) for flags in flags_per_type if flags]
+    if not groups:
+        return None
+    rng = random.Random(seed)
+    means = sorted(
+        sum(sum(rng.choices(g, k=len(g))) / len(g) for g in groups) / len(groups)
+        for _ in range(resamples)
+    )
+    return [means[int(0.025 * resamples)], means[min(resamples - 1, int(0.975 * resamples))]]
+
+
+def verdict_flags(verdicts: Sequence[str], over_all: bool) -> list[bool]:
+    """Aligned or not per item: over all items, or over the judged ones only."""
+    kept = verdicts if over_all else [v for v in verdicts if v not in (UNPARSED, FAILED)]
+    return [v == "True" for v in kept]
 
 
 def summarize(per_type: dict[str, dict]) -> dict:

@@ -10,7 +10,14 @@ from functools import partial
 from pathlib import Path
 
 from evaluation.compare import write_compare
-from evaluation.metrics import FAILED, UNPARSED, summarize, type_metrics
+from evaluation.metrics import (
+    FAILED,
+    UNPARSED,
+    aar_ci,
+    summarize,
+    type_metrics,
+    verdict_flags,
+)
 from evaluation.report import write_reports
 from pipeline import DEFAULT_CRITERIA_DIR, DEFAULT_PROMPTS_DIR, DEFAULT_SAMPLES_DIR
 from pipeline.backends import (
@@ -28,13 +35,14 @@ from pipeline.families.image_tokens import processor_kwargs
 from pipeline.fingerprint import folder_hash, model_identity
 from pipeline.judge import (
     JudgeConfig,
+    judge_fingerprint,
     judge_item,
     load_judge_template,
     parse_verdict,
     resolve_judge,
 )
 from pipeline.lock import folder_lock
-from pipeline.pie import load_pie
+from pipeline.pie import find_pie_file, load_pie
 from pipeline.runner import Item, StageStats, pending, run_stage, stored_stats
 from pipeline.store import RecordStore, file_hash, record_key
 from trainers.inference import TrainedModelBackend, conditioned, read_record
@@ -244,13 +252,13 @@ def verdict_of(types, item, answers, verdicts) -> str:
 
 
 def _metrics(cfg, judge, types, items, answers, verdicts, stats) -> dict:
-    per_type = {}
+    per_type, verdict_lists = {}, []
     for name, qtype in types.items():
         mine = [i for i in items if i.question_type == name]
         if mine:
-            per_type[name] = type_metrics(
-                [verdict_of(types, i, answers, verdicts) for i in mine], qtype.tier
-            )
+            listed = [verdict_of(types, i, answers, verdicts) for i in mine]
+            per_type[name] = type_metrics(listed, qtype.tier)
+            verdict_lists.append(listed)
     usage = [v.get("usage") or [0, 0] for v in verdicts.values() if v]
     record = _conditioning(cfg) or {}
     # Answers cut off by --max_tokens are judged as they are, and counted here.
@@ -262,6 +270,8 @@ def _metrics(cfg, judge, types, items, answers, verdicts, stats) -> dict:
         "name": cfg.name,
         "types": per_type,
         **summarize(per_type),
+        "aar_ci95": aar_ci([verdict_flags(v, over_all=False) for v in verdict_lists]),
+        "aar_ci95_all": aar_ci([verdict_flags(v, over_all=True) for v in verdict_lists]),
         "n": len(items),
         "unparsed": sum(m["unparsed"] for m in per_type.values()),
         "failed": sum(m["failed"] for m in per_type.values()),
@@ -270,11 +280,14 @@ def _metrics(cfg, judge, types, items, answers, verdicts, stats) -> dict:
                   "conditioning": record.get("conditioning"), "backend": cfg.backend,
                   "max_tokens": cfg.max_tokens, "temperature": cfg.temperature, "seed": cfg.seed},
         "judge": {**judge.describe(), "structured": cfg.judge_structured,
+                  # Rows judged alike share this: judge, its settings, rubrics, template.
+                  "fingerprint": judge_fingerprint(judge, types, cfg.prompts),
                   "prompt_tokens": sum(u[0] for u in usage),
                   "completion_tokens": sum(u[1] for u in usage)},
         "stages": [asdict(s) for s in stats],
         "model_calls": sum(s.generated + s.failed for s in stats),
         "pie": cfg.pie,
+        "pie_fingerprint": file_hash(find_pie_file(cfg.pie)),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }  # fmt: skip
 

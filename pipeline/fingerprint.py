@@ -65,6 +65,16 @@ def folder_hash(folder: str | Path) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:32]
 
 
+def tree_hash(path: str | Path) -> str:
+    """One hash of a file's bytes, or of every file under a folder (names and bytes): a
+    dataset saved to disk, an image folder, a criteria folder. File hashes are cached."""
+    path = Path(path)
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    blob = json.dumps([[str(p.relative_to(path) if path.is_dir() else p.name), content_hash(p)]
+                       for p in files])  # fmt: skip
+    return hashlib.sha256(blob.encode()).hexdigest()[:32]
+
+
 def model_identity(model: str, revision: str | None = None, endpoint: str | None = None) -> dict:
     """What identifies `model` in a record key (see the module docstring)."""
     if is_model_folder(model):

@@ -135,6 +135,17 @@ def _check_key(backend: BackendConfig) -> None:
         )
 
 
+def judge_fingerprint(judge: Judge, types: dict[str, QuestionType], prompts: str | Path) -> str:
+    """One hash of everything that decides a verdict but the answer: the judge's identity
+    and settings, every type's rubric and the judge template. Two runs judged alike share
+    it; a table refuses to set side by side runs that do not."""
+    return record_key(
+        identity=judge.identity, sampling=judge.sampling.__dict__, structured=judge.structured,
+        rubrics={name: qtype.content_hash for name, qtype in types.items()},
+        template=load_judge_template(prompts),
+    )  # fmt: skip
+
+
 def load_judge_template(path: str | Path) -> str:
     path = Path(path)
     path = path / "judge.yaml" if path.is_dir() else path
@@ -256,7 +267,8 @@ def parse_verdict(text: str | None, labels: list[str] | tuple[str, ...]) -> str 
     (fenced or not, any key order), `Flag:`/`Verdict:`/`Label:`/`Judgment:`/`Answer:`
     followed by a label anywhere in the text, a reply that opens with a label (bold or
     quoted, it needs no punctuation after it: `**True** The response ...`), and the label a
-    retraction settles on (`True. Actually, the answer is False.` names two). Each must hold one of `labels` (any case, with markdown emphasis, quotes or trailing
+    retraction settles on (`True. Actually, the answer is False.` names two). Each must
+    hold one of `labels` (any case, with markdown emphasis, quotes or trailing
     punctuation); the reply parses only when every position agrees. A negated or hedged
     label ("not True", "partially true", "True/False", "true or false?"), a label outside
     `labels` (Ambiguous on a True/False type) or two different labels is unparsed: a
