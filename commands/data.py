@@ -64,6 +64,7 @@ def imagine_report(summary: dict) -> str:
     lines.append(
         f"  filter     {summary['pairs']} pairs: {summary['kept']} kept; dropped: {dropped}"
     )
+    lines += review_lines(summary)
     calls = summary["model_calls"]
     lines.append(f"  model calls: {calls}" + (" (everything was cached)" if calls == 0 else ""))
     if summary["dataset"]:
@@ -74,6 +75,33 @@ def imagine_report(summary: dict) -> str:
     if summary.get("browse"):
         lines.append(f"  browse: {summary['browse']} (every pair, kept or dropped with why)")
     return "\n".join(lines)
+
+
+def review_lines(summary: dict) -> list[str]:
+    removed = summary.get("removed_by")
+    if not removed:
+        return []
+    judge = removed["judge"] if summary.get("judge_filter") else "not run"
+    review = summary.get("review")
+    lines = [f"  removed    rules {removed['rules']}, judge {judge}, review "
+             f"{removed['review'] if review else 'none'}"]  # fmt: skip
+    if review:
+        lines.append(
+            f"  review     {review['file']}: {review['applied']} marks applied ({review['drop']} "
+            f"drop, {review['keep']} keep, {review['restored']} kept against the judge)"
+        )
+        if review["keep_on_rule_dropped"]:
+            lines.append(
+                f"  warning: {review['keep_on_rule_dropped']} keep marks on pairs the rules "
+                "drop were not applied (a keep overrules the judge only)"
+            )
+        if review["stale"]:
+            lines.append(
+                f"  warning: {review['stale']} marks not applied: their pair no longer exists "
+                "(a criteria edit or rerun regenerated its records), e.g.\n    "
+                + "\n    ".join(review["stale_examples"])
+            )
+    return lines
 
 
 def cmd_build(argv: Sequence[str]) -> int:
