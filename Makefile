@@ -87,8 +87,8 @@ imagine: $(STAMP) ## self-imagination -> $(OUT)/dataset and $(OUT)/browse.html (
 build: $(STAMP) ## rebuild the dataset and browse.html from the stored records, no model calls; REVIEW=marks.json applies a review
 	$(BIN)/macaroon build --config configs/imagine.yaml $(IMAGINE_OPTS)
 
-browse: $(STAMP) ## one HTML page of an imagined set: make browse [OUT=dir] (default outputs/imagine)
-	$(BIN)/macaroon browse $(or $(OUT),outputs/imagine)
+browse: $(STAMP) ## one HTML page of an imagined set: make browse [OUT=dir] [BASE=dir: what changed from BASE, OUT/compare.html]
+	$(BIN)/macaroon browse $(or $(OUT),outputs/imagine) $(if $(BASE),--base $(BASE))
 
 import: $(STAMP) ## original MACAROON files: make import FILES="a.json b.json" OUT=dir
 	$(BIN)/macaroon import $(FILES) --out $(or $(OUT),outputs/import) $(ARGS)

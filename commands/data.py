@@ -110,21 +110,37 @@ def cmd_build(argv: Sequence[str]) -> int:
 
 @dataclass
 class BrowseConfig:
-    """`macaroon browse OUT`: one HTML page of an imagined set (OUT/browse.html)."""
+    """`macaroon browse OUT`: one HTML page of an imagined set (OUT/browse.html), or with
+    `--base OTHER` what changed from OTHER to OUT (OUT/compare.html)."""
 
     page: str | None = field(
-        default=None, metadata={"help": "Where to write the page (default OUT/browse.html)."}
-    )
+        default=None,
+        metadata={"help": "Where to write the page (default OUT/browse.html, with --base "
+                  "OUT/compare.html)."},
+    )  # fmt: skip
+    base: str | None = field(
+        default=None,
+        metadata={"help": "Another imagined set (e.g. before a criteria edit): the page shows "
+                  "per type the new, removed and changed pairs and each set's kept rate."},
+    )  # fmt: skip
 
 
 def cmd_browse(argv: Sequence[str]) -> int:
     from imagination.browse import write_browse
+    from imagination.compare import write_compare
 
     folders = leading_paths(argv)
     (cfg,) = parse_config([BrowseConfig], list(argv)[len(folders) :], "macaroon browse")
     if len(folders) != 1:
-        raise ValueError("give one imagine output folder: macaroon browse OUT [--page FILE]")
-    page = write_browse(Path(folders[0]), Path(cfg.page) if cfg.page else None)
+        raise ValueError(
+            "give one imagine output folder: macaroon browse OUT [--base OTHER] [--page FILE]"
+        )
+    out, page = Path(folders[0]), Path(cfg.page) if cfg.page else None
+    if cfg.base:
+        page = write_compare(out, Path(cfg.base), page)
+        print(f"wrote {page}: what changed from {cfg.base} to {out}, per type")
+    else:
+        page = write_browse(out, page)
     print(f"wrote {page}: open it in a browser (no server needed)")
     return 0
 

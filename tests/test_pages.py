@@ -240,3 +240,30 @@ def test_review_in_the_page_then_build_drops_exactly_the_marked_pairs(
     page.screenshot(path=tmp_path / "review.png", full_page=True)
     context.close()
     assert errors == more_errors == []
+
+
+def test_a_criteria_edit_shows_in_the_comparison_page_for_that_type_only(
+    browser, imagined_sets, tmp_path
+):
+    from conftest import EDITED_TYPE, PIE_TYPES
+
+    base, edited, _ = imagined_sets
+    page_path = tmp_path / "compare.html"
+    argv = ["browse", str(edited), "--base", str(base), "--page", str(page_path)]
+    assert main(argv) == 0
+    page, errors = _open(browser, page_path)
+    for qtype in PIE_TYPES:
+        row = page.locator(f"table.figures tr[data-type='{qtype}']")
+        changed, criteria = row.locator("td.n-changed").inner_text(), row.locator("td.n-criteria")
+        assert (changed, criteria.inner_text()) == (
+            ("3", "edited") if qtype == EDITED_TYPE else ("0", "same")
+        ), qtype
+        assert [row.locator(f"td.n-{c}").inner_text() for c in ("new", "removed")] == ["0", "0"]
+        assert "%" in row.locator("td.n-base").inner_text()  # each set's kept rate
+    page.select_option("#change", "different")
+    assert _shown(page) == 3
+    assert set(page.locator(".item .badge:not(.change):not(.kept):not(.dropped)")
+               .all_inner_texts()) == {EDITED_TYPE}  # fmt: skip
+    assert page.locator(".item .box.preferred.changed").count() == 6  # both sides marked
+    page.screenshot(path=tmp_path / "compare.png", full_page=True)
+    assert errors == []

@@ -11,6 +11,7 @@ from conftest import EDITED_TYPE
 
 from commands.cli import main
 from imagination.browse import read_pairs
+from imagination.compare import compare_pairs, type_figures
 from imagination.review import FORMAT, ReviewError, read_marks, set_identity
 
 
@@ -160,3 +161,14 @@ def test_read_marks_keeps_the_last_mark_of_a_pair(tmp_path):
     assert read_marks(path).marks["a"]["mark"] == "keep"
     with pytest.raises(ReviewError, match="not found"):
         read_marks(tmp_path / "missing.json")
+
+
+def test_compare_finds_the_edited_type_only(imagined_sets):
+    base, edited, _ = imagined_sets
+    old, new = read_pairs(base), read_pairs(edited)
+    figures = type_figures(old, new, compare_pairs(old, new))
+    assert figures[EDITED_TYPE]["changed"] == 3 and figures[EDITED_TYPE]["same"] == 0
+    others = {t: f for t, f in figures.items() if t != EDITED_TYPE}
+    assert len(others) == 5 and all(
+        (f["changed"], f["new"], f["removed"], f["same"]) == (0, 0, 0, 3) for f in others.values()
+    )
