@@ -75,19 +75,20 @@ tiny-model: $(STAMP) ## build the local model: make tiny-model ARCH=qwen2-vl SIZ
 	$(BIN)/macaroon tiny-model $(if $(ARCH),--arch $(ARCH)) $(if $(SIZE),--size $(SIZE)) $(if $(OUT),--out $(OUT))
 
 # make imagine [BACKEND=hf|vllm|openai] [MODEL=..] [IMAGES=dir] [QUESTIONS=file.jsonl]
-#              [CRITERIA=dir] [OUT=dir] [ARGS="--option value ..."]
+#              [CRITERIA=dir] [OUT=dir] [REVIEW=marks.json|none] [ARGS="--option value ..."]
 IMAGINE_OPTS = $(if $(BACKEND),--backend $(BACKEND)) $(if $(MODEL),--model $(MODEL)) \
 	$(if $(IMAGES),--images $(IMAGES)) $(if $(QUESTIONS),--questions $(QUESTIONS)) \
-	$(if $(CRITERIA),--criteria $(CRITERIA)) $(if $(OUT),--out $(OUT)) $(ARGS)
+	$(if $(CRITERIA),--criteria $(CRITERIA)) $(if $(OUT),--out $(OUT)) \
+	$(if $(REVIEW),--review $(REVIEW)) $(ARGS)
 
 imagine: $(STAMP) ## self-imagination -> $(OUT)/dataset and $(OUT)/browse.html (default outputs/imagine)
 	$(BIN)/macaroon imagine --config configs/imagine.yaml $(IMAGINE_OPTS)
 
-build: $(STAMP) ## rebuild the dataset and browse.html from the stored records, no model calls
+build: $(STAMP) ## rebuild the dataset and browse.html from the stored records, no model calls; REVIEW=marks.json applies a review
 	$(BIN)/macaroon build --config configs/imagine.yaml $(IMAGINE_OPTS)
 
-browse: $(STAMP) ## one HTML page of an imagined set: make browse [OUT=dir] (default outputs/imagine)
-	$(BIN)/macaroon browse $(or $(OUT),outputs/imagine)
+browse: $(STAMP) ## one HTML page of an imagined set: make browse [OUT=dir] [BASE=dir: what changed from BASE, OUT/compare.html]
+	$(BIN)/macaroon browse $(or $(OUT),outputs/imagine) $(if $(BASE),--base $(BASE))
 
 import: $(STAMP) ## original MACAROON files: make import FILES="a.json b.json" OUT=dir
 	$(BIN)/macaroon import $(FILES) --out $(or $(OUT),outputs/import) $(ARGS)

@@ -27,8 +27,8 @@ COMMANDS: dict[str, tuple[str, Callable[[Sequence[str]], int]]] = {
     "tiny-model": ("build a small random-weight VLM locally (tests, demo)", cmd_tiny_model),
     "criteria": ("validate the criteria YAML and list the question types", cmd_criteria),
     "imagine": ("self-imagination: images + criteria -> preference dataset", cmd_imagine),
-    "build": ("rebuild the dataset from the stored records (no model calls)", cmd_build),
-    "browse": ("one HTML page of an imagined set: pairs, drops and why", cmd_browse),
+    "build": ("rebuild the dataset from the stored records; --review applies marks", cmd_build),
+    "browse": ("an imagined set's page: pairs, drops, review; --base: what changed", cmd_browse),
     "import": ("the original MACAROON training files -> our dataset formats", cmd_import),
     "train": (
         "train METHOD=crl|sft|dpo|multiturn|sft_after_multiturn|grpo (TRL + LoRA)",

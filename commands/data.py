@@ -64,6 +64,7 @@ def imagine_report(summary: dict) -> str:
     lines.append(
         f"  filter     {summary['pairs']} pairs: {summary['kept']} kept; dropped: {dropped}"
     )
+    lines += review_lines(summary)
     calls = summary["model_calls"]
     lines.append(f"  model calls: {calls}" + (" (everything was cached)" if calls == 0 else ""))
     if summary["dataset"]:
@@ -76,27 +77,70 @@ def imagine_report(summary: dict) -> str:
     return "\n".join(lines)
 
 
+def review_lines(summary: dict) -> list[str]:
+    removed = summary.get("removed_by")
+    if not removed:
+        return []
+    judge = removed["judge"] if summary.get("judge_filter") else "not run"
+    review = summary.get("review")
+    lines = [f"  removed    rules {removed['rules']}, judge {judge}, review "
+             f"{removed['review'] if review else 'none'}"]  # fmt: skip
+    if review:
+        lines.append(
+            f"  review     {review['file']}: {review['applied']} marks applied ({review['drop']} "
+            f"drop, {review['keep']} keep, {review['restored']} kept against the judge)"
+        )
+        if review["keep_on_rule_dropped"]:
+            lines.append(
+                f"  warning: {review['keep_on_rule_dropped']} keep marks on pairs the rules "
+                "drop were not applied (a keep overrules the judge only)"
+            )
+        if review["stale"]:
+            lines.append(
+                f"  warning: {review['stale']} marks not applied: their pair no longer exists "
+                "(a criteria edit or rerun regenerated its records), e.g.\n    "
+                + "\n    ".join(review["stale_examples"])
+            )
+    return lines
+
+
 def cmd_build(argv: Sequence[str]) -> int:
     return cmd_imagine(argv, "macaroon build", stages="build")
 
 
 @dataclass
 class BrowseConfig:
-    """`macaroon browse OUT`: one HTML page of an imagined set (OUT/browse.html)."""
+    """`macaroon browse OUT`: one HTML page of an imagined set (OUT/browse.html), or with
+    `--base OTHER` what changed from OTHER to OUT (OUT/compare.html)."""
 
     page: str | None = field(
-        default=None, metadata={"help": "Where to write the page (default OUT/browse.html)."}
-    )
+        default=None,
+        metadata={"help": "Where to write the page (default OUT/browse.html, with --base "
+                  "OUT/compare.html)."},
+    )  # fmt: skip
+    base: str | None = field(
+        default=None,
+        metadata={"help": "Another imagined set (e.g. before a criteria edit): the page shows "
+                  "per type the new, removed and changed pairs and each set's kept rate."},
+    )  # fmt: skip
 
 
 def cmd_browse(argv: Sequence[str]) -> int:
     from imagination.browse import write_browse
+    from imagination.compare import write_compare
 
     folders = leading_paths(argv)
     (cfg,) = parse_config([BrowseConfig], list(argv)[len(folders) :], "macaroon browse")
     if len(folders) != 1:
-        raise ValueError("give one imagine output folder: macaroon browse OUT [--page FILE]")
-    page = write_browse(Path(folders[0]), Path(cfg.page) if cfg.page else None)
+        raise ValueError(
+            "give one imagine output folder: macaroon browse OUT [--base OTHER] [--page FILE]"
+        )
+    out, page = Path(folders[0]), Path(cfg.page) if cfg.page else None
+    if cfg.base:
+        page = write_compare(out, Path(cfg.base), page)
+        print(f"wrote {page}: what changed from {cfg.base} to {out}, per type")
+    else:
+        page = write_browse(out, page)
     print(f"wrote {page}: open it in a browser (no server needed)")
     return 0
 

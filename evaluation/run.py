@@ -35,6 +35,7 @@ from pipeline.families.image_tokens import processor_kwargs
 from pipeline.fingerprint import folder_hash, model_identity
 from pipeline.judge import (
     JudgeConfig,
+    judge_explanation,
     judge_fingerprint,
     judge_item,
     load_judge_template,
@@ -302,17 +303,6 @@ def _browse_rows(types, items, answers, verdicts) -> list[dict]:
             "image": str(item.image), "question": item.question,
             "question_type": item.question_type, "response": answer.get("text"),
             "verdict": verdict_of(types, item, answers, verdicts),
-            "explanation": _explanation(text),
+            "explanation": judge_explanation(text),
         })  # fmt: skip
     return rows
-
-
-def _explanation(text: str) -> str:
-    # The closing quote may be missing: a reply cut off by the token limit inside the string.
-    match = re.search(r'"explanation"\s*:\s*"((?:[^"\\]|\\.)*)', text or "")
-    if not match:
-        return text or ""
-    try:
-        return json.loads(f'"{match.group(1)}"')
-    except json.JSONDecodeError:  # an escape cut in half ("\\u00")
-        return match.group(1)

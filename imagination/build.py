@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from collections import Counter
 from pathlib import Path
 
@@ -42,12 +44,21 @@ def dataset_rows(
 
 
 def write_dataset(rows: dict[str, list[dict]], out: Path, card: dict) -> Path:
-    """Save the DatasetDict (images embedded) with a dataset card; returns its folder."""
+    """Save the DatasetDict (images embedded) with a dataset card; returns its folder.
+
+    Written beside the old one and swapped in whole: a build that fails on the way leaves
+    the previous dataset as it was."""
     dataset = to_dataset_dict(rows)
-    folder = out / "dataset"
-    dataset.save_to_disk(str(folder))
-    (folder / "README.md").write_text(dataset_card(rows, card), encoding="utf-8")
-    (folder / "card.json").write_text(json.dumps(card, indent=2), encoding="utf-8")
+    folder, partial, old = out / "dataset", out / "dataset.partial", out / "dataset.old"
+    for leftover in (partial, old):
+        shutil.rmtree(leftover, ignore_errors=True)
+    dataset.save_to_disk(str(partial))
+    (partial / "README.md").write_text(dataset_card(rows, card), encoding="utf-8")
+    (partial / "card.json").write_text(json.dumps(card, indent=2), encoding="utf-8")
+    if folder.exists():
+        os.replace(folder, old)
+    os.replace(partial, folder)
+    shutil.rmtree(old, ignore_errors=True)
     return folder
 
 
@@ -82,5 +93,35 @@ def dataset_card(rows: dict[str, list[dict]], card: dict) -> str:
         "Pairs dropped by the filter: "
         + (", ".join(f"{k} {v}" for k, v in card["dropped"].items()) or "none"),
         "",
+        *removed_lines(card),
+        "",
     ]
     return "\n".join(lines)
+
+
+def removed_lines(card: dict) -> list[str]:
+    """How many pairs the rule filters, the judge filter and the review each removed (the
+    first filter to drop a pair counts it), and what the review could not apply."""
+    removed = card.get("removed_by") or {}
+    judge = f"{removed.get('judge', 0)}" if card.get("judge_filter") else "not run"
+    review = card.get("review")
+    lines = [
+        "| filter | pairs removed |",
+        "|---|---|",
+        f"| rules | {removed.get('rules', 0)} |",
+        f"| judge (`--judge_filter`) | {judge} |",
+        f"| review (`--review`) | {removed.get('review', 0) if review else 'no review'} |",
+    ]
+    if review:
+        lines += [
+            "",
+            f"Review `{review['file']}`: {review['applied']} marks applied ({review['drop']} "
+            f"drop, {review['keep']} keep; {review['restored']} kept against the judge, "
+            f"{review['keep_on_rule_dropped']} keep on pairs the rules drop, not applied).",
+        ]
+        if review["stale"]:
+            lines.append(
+                f"{review['stale']} marks not applied: their pair no longer exists (its "
+                "records changed), e.g. " + "; ".join(review["stale_examples"]) + "."
+            )
+    return lines

@@ -10,10 +10,24 @@ from pathlib import Path
 
 from imagination.browse import write_browse, write_pairs
 from imagination.build import dataset_rows, write_dataset
-from imagination.filters import drop_reasons, pair_up
+from imagination.filters import (
+    UNJUDGEABLE,
+    combine,
+    pair_up,
+    removed_by,
+    rule_reasons,
+)
 from imagination.prompts import load_templates
 from imagination.questions import clean_question, question_items, user_questions
 from imagination.responses import KINDS, response_items
+from imagination.review import (
+    Review,
+    apply_marks,
+    read_marks,
+    remember,
+    resolve_review,
+    set_identity,
+)
 from pipeline import DEFAULT_CRITERIA_DIR, DEFAULT_PROMPTS_DIR, DEFAULT_SAMPLES_DIR
 from pipeline.backends import (
     Backend,
@@ -27,6 +41,7 @@ from pipeline.criteria import criteria_hash, load_criteria
 from pipeline.images import list_images
 from pipeline.judge import (
     JudgeConfig,
+    judge_explanation,
     judge_item,
     load_judge_template,
     parse_verdict,
@@ -80,6 +95,12 @@ class ImagineConfig(BackendConfig, JudgeConfig):
         metadata={"help": "Judge model (default: the imagining model, at --base_url)."},
     )
     judge_max_tokens: int = field(default=128, metadata={"help": "Token limit per verdict."})
+    review: str | None = field(
+        default=None,
+        metadata={"help": "Marks file exported from browse.html: pairs marked drop leave the "
+                  "dataset, a keep overrules the judge. Remembered as OUT/review.json, which "
+                  "later runs on OUT apply; `none` builds without it and forgets it."},
+    )  # fmt: skip
     retry_failed: bool = field(default=False, metadata={"help": "Retry only failed records."})
     stages: str = field(
         default="questions,responses,judge,build",
@@ -119,6 +140,8 @@ def run_imagine(cfg: ImagineConfig) -> dict:
 
 def _imagine(cfg: ImagineConfig, out: Path) -> dict:
     _stages(cfg)  # reject a bad --stages before any work
+    review_path = resolve_review(cfg.review, out)
+    marks = read_marks(review_path) if review_path else None  # a bad file stops us here
     types = load_criteria(cfg.criteria)
     templates = load_templates(cfg.prompts)
     lazy = _LazyBackend(cfg)
@@ -130,10 +153,20 @@ def _imagine(cfg: ImagineConfig, out: Path) -> dict:
     finally:
         lazy.close()
     pairs = pair_up(questions, responses)
-    judge = _judge(cfg, types, out, stats) if cfg.judge_filter else None
-    reasons = drop_reasons(pairs, cfg.max_response_chars, judge, cfg.drop_truncated)
+    identity = set_identity(pairs, out, criteria_hash(types))
+    # Checked before any model call of the judge and before anything is written.
+    review = apply_marks(marks, pairs, identity) if marks else None
+    rules = rule_reasons(pairs, cfg.max_response_chars, cfg.drop_truncated)
+    judgments = _judge(cfg, types, out, stats)(pairs, rules) if cfg.judge_filter else None
+    judged = [j and j["reason"] for j in judgments] if judgments else [None] * len(pairs)
+    mark = review.marks if review else [None] * len(pairs)
+    reasons = [combine(*filters) for filters in zip(rules, judged, mark, strict=True)]
     kept = [pair for pair, reason in zip(pairs, reasons, strict=True) if reason is None]
     dropped = Counter(reason for reason in reasons if reason)
+    for i, pair in enumerate(pairs):  # what each filter said, for browse.html
+        pair["criteria_hash"] = types[pair["question_type"]].content_hash  # now, not the question's
+        pair["rule"], pair["judge"] = rules[i], judgments[i] if judgments else None
+        pair["review"] = {"mark": mark[i], "note": review.notes[i]} if mark[i] else None
     write_pairs(pairs, reasons, out)  # every pair, kept or dropped with why: for browsing
     card = {
         "model": cfg.model,
@@ -144,6 +177,10 @@ def _imagine(cfg: ImagineConfig, out: Path) -> dict:
         "images": cfg.images,
         "stages": [asdict(s) for s in stats],
         "dropped": dict(dropped),
+        "removed_by": removed_by(rules, judged, mark),
+        "judge_filter": cfg.judge_filter,
+        "review": _review_report(review, rules, judged),
+        "set": identity,
         "sampling": {
             "questions": _sampling(cfg, "question"),
             "responses": _sampling(cfg, "response"),
@@ -151,6 +188,7 @@ def _imagine(cfg: ImagineConfig, out: Path) -> dict:
     }
     rows = dataset_rows(kept, types, templates["feedback"], cfg.model)
     folder = write_dataset(rows, out, card) if kept and "build" in _stages(cfg) else None
+    remember(review_path, out)  # after the build: a failed one changes nothing
     summary = {
         **card,
         "pairs": len(pairs),
@@ -165,17 +203,35 @@ def _imagine(cfg: ImagineConfig, out: Path) -> dict:
     return summary
 
 
+def _review_report(review: Review | None, rules: list, judged: list) -> dict | None:
+    if review is None:
+        return None
+    report = review.report()
+    # A keep overrules the judge, not the rules: say where it did either.
+    pairs = list(zip(review.marks, rules, judged, strict=True))
+    report["restored"] = sum(m == "keep" and not r and bool(j) for m, r, j in pairs)
+    report["keep_on_rule_dropped"] = sum(m == "keep" and bool(r) for m, r, _ in pairs)
+    return report
+
+
 def _judge(cfg: ImagineConfig, types, out: Path, stats: list[StageStats]):
-    """A filter callback: judge both responses of each pair (cached like every stage)."""
+    """Judge both responses of every pair that has two (cached like every stage), the pairs
+    the rules drop too, so the page shows where the judge and the rules disagree.
+
+    Returns a function of (pairs, rule reasons) giving per pair its judgment (None where it
+    was not judged): {"reason": a JUDGE_REASONS entry or None, "preferred": {"verdict",
+    "explanation"}, "rejected": {...}}."""
     template = load_judge_template(cfg.prompts)
     # The imagining model judges without a key unless it is an API model: checked there.
     resolved = resolve_judge(cfg, cfg, cfg.seed, check=False)
 
-    def judge(pairs: list[dict]) -> list[str | None]:
+    def judge(pairs: list[dict], rules: list[str | None]) -> list[dict | None]:
+        chosen = [i for i, rule in enumerate(rules) if rule not in UNJUDGEABLE]
         items = [
-            judge_item(template, types[p["question_type"]], p["image"], p["question"], p[kind],
-                       resolved.identity, resolved.sampling, structured=resolved.structured)
-            for p in pairs for kind in KINDS
+            judge_item(template, types[pairs[i]["question_type"]], pairs[i]["image"],
+                       pairs[i]["question"], pairs[i][kind], resolved.identity,
+                       resolved.sampling, structured=resolved.structured)
+            for i in chosen for kind in KINDS
         ]  # fmt: skip
         lazy = _LazyBackend(resolved.backend)
         try:
@@ -184,21 +240,36 @@ def _judge(cfg: ImagineConfig, types, out: Path, stats: list[StageStats]):
                 records = [store.get(item.key) for item in items]
         finally:
             lazy.close()
-        return [
-            _judged(types[p["question_type"]], records[2 * i], records[2 * i + 1])
-            for i, p in enumerate(pairs)
-        ]
+        judgments: list[dict | None] = [None] * len(pairs)
+        for n, i in enumerate(chosen):
+            qtype = types[pairs[i]["question_type"]]
+            judgments[i] = _judged(qtype, records[2 * n], records[2 * n + 1])
+        return judgments
 
     return judge
 
 
-def _judged(qtype, preferred: dict | None, rejected: dict | None) -> str | None:
-    if not preferred or not rejected or "failed" in (preferred["status"], rejected["status"]):
-        return "judge_failed"
-    verdicts = [parse_verdict(r["text"], list(qtype.labels)) for r in (preferred, rejected)]
-    if None in verdicts:
-        return "judge_unparsed"
-    return None if verdicts == ["True", "False"] else "judge_rejected"
+def _judged(qtype, preferred: dict | None, rejected: dict | None) -> dict:
+    said = {"preferred": _verdict(qtype, preferred), "rejected": _verdict(qtype, rejected)}
+    verdicts = [said[kind]["verdict"] for kind in KINDS]
+    if "failed" in verdicts:
+        reason = "judge_failed"
+    elif None in verdicts:
+        reason = "judge_unparsed"
+    else:
+        reason = None if verdicts == ["True", "False"] else "judge_rejected"
+    return {"reason": reason, **said}
+
+
+def _verdict(qtype, record: dict | None) -> dict:
+    """One response's verdict ("failed" when the judge call failed) and the explanation."""
+    if not record or record["status"] == "failed":
+        why = record.get("error") if record else "no judgment stored"
+        return {"verdict": "failed", "explanation": why or ""}
+    return {
+        "verdict": parse_verdict(record["text"], list(qtype.labels)),
+        "explanation": judge_explanation(record["text"]),
+    }
 
 
 def _sampling(cfg: ImagineConfig, stage: str) -> dict:

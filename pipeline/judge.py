@@ -216,6 +216,18 @@ def judge_item(
     return Item(key, request, dict(fields or {}))
 
 
+def judge_explanation(text: str | None) -> str:
+    """The judge's explanation in its reply (the whole reply when it has no such field)."""
+    # The closing quote may be missing: a reply cut off by the token limit inside the string.
+    match = re.search(r'"explanation"\s*:\s*"((?:[^"\\]|\\.)*)', text or "")
+    if not match:
+        return text or ""
+    try:
+        return json.loads(f'"{match.group(1)}"')
+    except json.JSONDecodeError:  # an escape cut in half ("\\u00")
+        return match.group(1)
+
+
 def verdict_format(qtype: QuestionType) -> dict:
     """An OpenAI `response_format` (JSON schema) whose verdict can only be one of `qtype`'s
     labels: True/False for tiers I and III, True/False/Ambiguous for tier II."""

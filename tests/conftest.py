@@ -170,3 +170,73 @@ def pytest_terminal_summary(terminalreporter):
         terminalreporter.write_line(
             f"BROWSER TESTS SKIPPED: {BROWSER_SKIPS[0]}", yellow=True, bold=True
         )
+
+
+# An imagined set with every filter at work, for the review and comparison tests: 3 images x
+# 6 types = 18 pairs, made by a scripted model on a loopback stub server in about a second.
+# The rules drop Unanswerable Questions (too long: the judge passes them) and Hidden Human
+# Preferences (not contrastive); the judge drops Subjective Interpretations (the rules keep
+# them); 9 pairs are kept. `edited` is the same set after one edit of Subject Ambiguity's
+# preferred criteria (rerun on a copy, so only that type's responses are regenerated).
+EDITED_TYPE = "Subject Ambiguity"
+
+
+def scripted_reply(body: dict) -> str:
+    from openai_stub import last_user_text
+
+    text = last_user_text(body)
+    if "Answer with JSON only" in text:  # the judge
+        response = text.split("Response:")[-1]
+        fair = "Which one" in response and "Subjective" not in text.split("Response:")[0]
+        return json_verdict("True" if fair else "False")
+    if "Question type:" in text:
+        return f"Is this about {text.split('Question type: ')[1].split(' (')[0]}?"
+    question = text.split("Question: ")[1].splitlines()[0]
+    if "Hidden Human Preferences" in question:
+        return "Try the pasta."  # both responses alike: not contrastive
+    if "engaged assistant" in text:
+        must = text.split("The reply must:")[1].splitlines()[1].strip("- ")
+        long = " I cannot see enough to answer." * 4 if "Unanswerable" in question else ""
+        return f"Which one do you mean? ({must[:40]}){long}"
+    return "It is the red one."
+
+
+def json_verdict(label: str) -> str:
+    return f'{{"verdict": "{label}", "explanation": "scripted: {label.lower()}"}}'
+
+
+@pytest.fixture(scope="session")
+def imagined_sets(tmp_path_factory, sample_images):
+    """(base, edited, build): two imagine output folders and build(out, *argv) -> the
+    `macaroon build` argv for either (no model calls: the stub is gone by then)."""
+    import shutil
+
+    import yaml
+    from openai_stub import stub_server
+
+    from imagination.imagine import ImagineConfig, run_imagine
+
+    root = tmp_path_factory.mktemp("imagined-sets")
+    images = sample_images("sample_001.jpg", "sample_002.jpg", "sample_003.jpg")
+    criteria = {"base": CRITERIA, "edited": root / "criteria"}
+    shutil.copytree(CRITERIA, criteria["edited"])
+    path = criteria["edited"] / "subject_ambiguity.yaml"
+    data = yaml.safe_load(path.read_text())
+    data["preferred_criteria"][0] = "Sees that several objects fit and says so first."
+    path.write_text(yaml.safe_dump(data))
+    with stub_server(reply=scripted_reply) as stub:
+        options = {"backend": "openai", "model": "scripted", "base_url": stub.base_url,
+                   "images": str(images), "judge_filter": True, "max_response_chars": 100,
+                   "progress": False}  # fmt: skip
+        run_imagine(ImagineConfig(out=str(root / "base"), **options))
+        shutil.copytree(root / "base", root / "edited")
+        run_imagine(
+            ImagineConfig(out=str(root / "edited"), criteria=str(criteria["edited"]), **options)
+        )
+
+    def build(out: Path, *argv: str) -> list[str]:
+        which = "edited" if Path(out).name.startswith("edited") else "base"
+        flags = [f"--{k}={v}" for k, v in options.items()] + [f"--criteria={criteria[which]}"]
+        return ["build", *flags, f"--out={out}", *argv]
+
+    return root / "base", root / "edited", build

@@ -236,8 +236,8 @@ def test_answers_cut_off_by_the_token_limit_are_counted(stub, tmp_path, capsys):
 
 
 def test_the_page_shows_the_explanation_of_a_verdict_cut_off_inside_it():
-    from evaluation.run import _explanation
+    from pipeline.judge import judge_explanation
 
-    assert _explanation('{"verdict":"True","explanation":"it asks which') == "it asks which"
-    assert _explanation('{"verdict":"True","explanation":"a \\"b\\""}') == 'a "b"'
-    assert _explanation("Explanation: fine.\nFlag: True") == "Explanation: fine.\nFlag: True"
+    assert judge_explanation('{"verdict":"True","explanation":"it asks which') == "it asks which"
+    assert judge_explanation('{"verdict":"True","explanation":"a \\"b\\""}') == 'a "b"'
+    assert judge_explanation("Explanation: fine.\nFlag: True") == "Explanation: fine.\nFlag: True"

@@ -49,8 +49,13 @@ def imagined(tmp_path_factory) -> tuple[Path, list[dict], list[str | None]]:
     return out, pairs, reasons
 
 
+VIEWPORT = {"width": 1200, "height": 900}
+
+
 def _open(browser, path: Path):
-    page = browser.new_page(viewport={"width": 1200, "height": 900})
+    """A new page (in `browser`, or in a browser context) at `path`, and its errors."""
+    in_context = not hasattr(browser, "new_context")
+    page = browser.new_page() if in_context else browser.new_page(viewport=VIEWPORT)
     errors: list[str] = []
     page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
     page.on("pageerror", lambda e: errors.append(str(e)))
@@ -172,3 +177,93 @@ def test_report_names_the_fix_for_a_run_without_items(tmp_path):
     run = _run(tmp_path / "old", "old", _images(tmp_path / "images", 1), ["True"])
     (run / "items.jsonl").unlink()
     assert main(["report", str(run)]) == 2
+
+
+def test_review_in_the_page_then_build_drops_exactly_the_marked_pairs(
+    browser, imagined_sets, tmp_path, capsys
+):
+    """Judge verdicts and kept rates in the page; mark two pairs drop, export, build."""
+    import shutil
+
+    from datasets import load_from_disk
+
+    source, _, build = imagined_sets
+    out = tmp_path / "set"
+    shutil.copytree(source, out)
+    pairs = {p["pair_key"]: p for p in map(json.loads, (out / "pairs.jsonl").open())}
+    context = browser.new_context(accept_downloads=True, viewport=VIEWPORT)
+    page, errors = _open(context, out / "browse.html")
+    figures = page.inner_text("#figures")  # kept rate per filter and type
+    assert "judge keeps" in figures and "drops 3 the rules keep, keeps 3 they drop" in figures
+    page.select_option("#judge", "disagree")
+    assert _shown(page) == 6 and page.locator(".item.disagree").count() == 6
+    assert "scripted: false" in page.inner_text("#list")  # the judge's explanations
+    page.select_option("#judge", "")
+    page.select_option("#status", "kept")
+    items = page.locator(".item")
+    marked = [items.nth(n).get_attribute("data-key") for n in (0, 4)]
+    items.nth(0).locator("button.mark.drop").click()
+    items.nth(4).locator("button.mark.drop").click()
+    items.nth(4).locator("input.note").fill("asks about the wrong object")
+    items.nth(1).locator("button.mark.keep").click()
+    items.nth(1).locator("button.mark.keep").click()  # pressed again: unmarked
+    assert "2 marked (2 drop, 0 keep)" in page.inner_text("#marked")
+
+    page.reload()  # marks persist in the browser
+    page.wait_for_selector(".item")
+    page.select_option("#review", "drop")
+    assert sorted(page.locator(".item").evaluate_all("n => n.map(i => i.dataset.key)")) == sorted(
+        marked
+    )
+    notes = page.locator(".item input.note").evaluate_all("n => n.map(i => i.value)")
+    assert sorted(notes) == ["", "asks about the wrong object"]
+    with page.expect_download() as download:
+        page.click("#export")
+    path = tmp_path / "marks.json"
+    download.value.save_as(path)
+    exported = json.loads(path.read_text())
+    assert {m["key"]: m["mark"] for m in exported["marks"]} == dict.fromkeys(marked, "drop")
+    assert "asks about the wrong object" in {m["note"] for m in exported["marks"]}
+
+    assert main(build(out, f"--review={path}")) == 0
+    assert "review 2" in capsys.readouterr().out
+    dataset = load_from_disk(str(out / "dataset"))
+    gone = {pairs[k]["key"] for k in marked}
+    before = {p["key"] for p in pairs.values() if p["status"] == "kept"}
+    for name, split in dataset.items():
+        assert set(split["key"]) == before - gone, name  # exactly those two, every split
+    card = (out / "dataset" / "README.md").read_text()
+    assert "| review (`--review`) | 2 |" in card and "2 marks applied (2 drop" in card
+
+    page, more_errors = _open(context, out / "browse.html")  # the rebuilt page agrees
+    assert "0 differ from the review applied" in page.inner_text("#marked")
+    page.screenshot(path=tmp_path / "review.png", full_page=True)
+    context.close()
+    assert errors == more_errors == []
+
+
+def test_a_criteria_edit_shows_in_the_comparison_page_for_that_type_only(
+    browser, imagined_sets, tmp_path
+):
+    from conftest import EDITED_TYPE, PIE_TYPES
+
+    base, edited, _ = imagined_sets
+    page_path = tmp_path / "compare.html"
+    argv = ["browse", str(edited), "--base", str(base), "--page", str(page_path)]
+    assert main(argv) == 0
+    page, errors = _open(browser, page_path)
+    for qtype in PIE_TYPES:
+        row = page.locator(f"table.figures tr[data-type='{qtype}']")
+        changed, criteria = row.locator("td.n-changed").inner_text(), row.locator("td.n-criteria")
+        assert (changed, criteria.inner_text()) == (
+            ("3", "edited") if qtype == EDITED_TYPE else ("0", "same")
+        ), qtype
+        assert [row.locator(f"td.n-{c}").inner_text() for c in ("new", "removed")] == ["0", "0"]
+        assert "%" in row.locator("td.n-base").inner_text()  # each set's kept rate
+    page.select_option("#change", "different")
+    assert _shown(page) == 3
+    assert set(page.locator(".item .badge:not(.change):not(.kept):not(.dropped)")
+               .all_inner_texts()) == {EDITED_TYPE}  # fmt: skip
+    assert page.locator(".item .box.preferred.changed").count() == 6  # both sides marked
+    page.screenshot(path=tmp_path / "compare.png", full_page=True)
+    assert errors == []
