@@ -1,9 +1,11 @@
-"""What the commands share: the default local model and their positional paths."""
+"""What the commands share: the default local model, model checks, positional paths."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+
+from pipeline.model_source import check_model, is_hub_id
 
 DEFAULT_MODEL = "outputs/models/llava-tiny"
 
@@ -15,6 +17,27 @@ def ensure_default_model(model: str) -> None:
 
         print(f"building the local tiny model in {model}")
         build_tiny_model(TinyModelConfig(out=model))
+
+
+def check_backend_model(cfg, option: str = "--model") -> None:
+    """Before any weights load: the model of a BackendConfig-like `cfg` is there.
+
+    An API model name (openai backend at an endpoint) is the server's business; a local
+    folder is checked on every backend (on openai it is served here)."""
+    model, backend = cfg.model, cfg.backend
+    if backend == "openai" and (cfg.base_url or is_hub_id(model)):
+        return
+    check_model(model, option, getattr(cfg, "revision", None))
+
+
+def check_judge_model(cfg) -> None:
+    """The judge's model, where it is a model to load here (hf, vllm, or a local folder)."""
+    model = cfg.judge_model
+    if not model:
+        return  # the stage's own model judges
+    if cfg.judge_backend == "openai" and (cfg.judge_base_url or is_hub_id(model)):
+        return
+    check_model(model, "--judge_model")
 
 
 def leading_paths(argv: Sequence[str]) -> list[str]:

@@ -6,7 +6,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from commands.common import ensure_default_model, leading_paths
+from commands.common import (
+    check_backend_model,
+    check_judge_model,
+    ensure_default_model,
+    leading_paths,
+)
 from pipeline import DEFAULT_CRITERIA_DIR
 from pipeline.config import parse_config
 from pipeline.lock import folder_lock
@@ -49,6 +54,9 @@ def cmd_imagine(
         cfg.stages = stages
     with folder_lock(cfg.out):  # before building a model: a refused run does nothing
         ensure_default_model(cfg.model)
+        check_backend_model(cfg)
+        if cfg.judge_filter:
+            check_judge_model(cfg)
         summary = run_imagine(cfg)
     print(imagine_report(summary))
     failed = sum(s["failed"] + s["skipped_failed"] for s in summary["stages"])

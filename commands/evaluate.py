@@ -7,7 +7,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from commands.common import ensure_default_model, leading_paths
+from commands.common import (
+    check_backend_model,
+    check_judge_model,
+    ensure_default_model,
+    leading_paths,
+)
 from pipeline.config import parse_config
 from pipeline.lock import folder_lock
 
@@ -19,12 +24,26 @@ def cmd_eval(argv: Sequence[str], prog: str = "macaroon eval", stages: str | Non
     if stages:
         cfg.stages = stages
     with folder_lock(cfg.out):  # before building a model: a refused run does nothing
-        if not cfg.adapter:  # with an adapter the default means the adapter's own base
-            ensure_default_model(cfg.model)
+        check_eval_models(cfg, "judge" in cfg.stages)
         metrics = run_eval(cfg)
     print(eval_report(metrics, cfg.out))
     failed = sum(s["failed"] + s["skipped_failed"] for s in metrics["stages"])
     return 1 if failed else 0  # a stage with failed items is incomplete
+
+
+def check_eval_models(cfg, judging: bool) -> None:
+    """Every model the run loads is there, before the first one loads."""
+    from pipeline.backends import BackendConfig
+    from pipeline.model_source import check_adapter
+
+    if cfg.adapter:
+        check_adapter(cfg.adapter)
+    if not cfg.adapter or cfg.model != BackendConfig.model:
+        # With an adapter the default --model means the adapter's own base.
+        ensure_default_model(cfg.model)
+        check_backend_model(cfg)
+    if judging:
+        check_judge_model(cfg)
 
 
 def eval_report(metrics: dict, out: str) -> str:

@@ -34,6 +34,7 @@ from pipeline.judge import (
     resolve_judge,
 )
 from pipeline.lock import folder_lock
+from pipeline.model_source import check_adapter
 from pipeline.pie import load_pie
 from pipeline.runner import Item, StageStats, pending, run_stage, stored_stats
 from pipeline.store import RecordStore, file_hash, record_key
@@ -125,6 +126,8 @@ def _eval(cfg: EvalConfig, out: Path) -> dict:
 
 def _conditioning(cfg: EvalConfig) -> dict | None:
     """The training record of the model under test, its `conditioning` as this run uses it."""
+    if cfg.adapter:
+        check_adapter(cfg.adapter)  # missing is "not found", not "no macaroon.json"
     record = read_record(cfg.adapter) if cfg.adapter else read_record(cfg.model)
     if cfg.conditioning is not None:
         token = None if cfg.conditioning == "none" else cfg.conditioning

@@ -7,6 +7,7 @@ YAML and on the command line, as TRL's `TrlParser` does for its trainers.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -35,23 +36,46 @@ def parse_config(
     parser = TrlParser(dataclass_types=list(dataclass_types), prog=prog)
     if defaults:
         parser.set_defaults_with_config(**defaults)
-    return tuple(parser.parse_args_and_config(args=argv))
+    try:
+        return tuple(parser.parse_args_and_config(args=argv))
+    except ValueError as err:
+        if "arguments are not used" not in str(err):
+            raise
+        raise ConfigError(_unknown_arguments(argv, dataclass_types, prog)) from err
+
+
+def _unknown_arguments(argv: Sequence[str], dataclass_types: Sequence[type], prog: str) -> str:
+    known = option_names(dataclass_types)
+    unknown = [a.split("=")[0] for a in argv if a.startswith("--")]
+    unknown = [a for a in unknown if a[2:].replace("-", "_") not in known and a != "--config"]
+    named = ", ".join(f"{a}{_did_you_mean(a[2:], known)}" for a in unknown) or " ".join(argv)
+    return f"unknown option(s) {named}; `{prog} --help` lists the options"
+
+
+def option_names(dataclass_types: Sequence[type]) -> set[str]:
+    return {f.name for t in dataclass_types for f in dataclasses.fields(t)}
+
+
+def _did_you_mean(name: str, known: set[str]) -> str:
+    close = difflib.get_close_matches(name.replace("-", "_"), sorted(known), n=1, cutoff=0.6)
+    return f" (did you mean --{close[0]}?)" if close else ""
 
 
 def _check_keys(path: Path, dataclass_types: Sequence[type]) -> None:
     """Name the file and the key when a YAML config holds an unknown option."""
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: not UTF-8 text ({err.reason}); save it as UTF-8") from err
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML: {err}") from err
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of option: value")
-    known = {f.name for t in dataclass_types for f in dataclasses.fields(t)} | {"env"}
-    unknown = sorted(set(data) - known)
+    known = option_names(dataclass_types) | {"env"}
+    unknown = sorted(set(map(str, data)) - known)
     if unknown:
-        raise ConfigError(
-            f"{path}: unknown option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}"
-        )
+        named = ", ".join(f"{key}{_did_you_mean(key, known)}" for key in unknown)
+        raise ConfigError(f"{path}: unknown option(s) {named}; known: {', '.join(sorted(known))}")
 
 
 class ConfigError(ValueError):

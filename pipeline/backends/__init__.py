@@ -50,6 +50,12 @@ class Request:
     response_format: dict | None = None
 
 
+class EndpointUnreachable(RuntimeError):
+    """An endpoint refused or could not be reached for a run of requests in a row: the stage
+    stops instead of failing every item one by one. Finished records are kept; the items it
+    did not get to are stored as nothing, so the rerun does them."""
+
+
 @dataclass(frozen=True)
 class Completion:
     """The answer to `requests[index]`: `text`, or `error` (a reason) when it failed."""
