@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -38,6 +39,31 @@ def check_judge_model(cfg) -> None:
     if cfg.judge_backend == "openai" and (cfg.judge_base_url or is_hub_id(model)):
         return
     check_model(model, "--judge_model")
+
+
+def retry_command(prog: str, argv: Sequence[str]) -> str:
+    """The command line that retries only the failed records of this one."""
+    argv, kept, skip = list(argv), [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg in ("--retry_failed", "--retry-failed"):
+            skip = True
+        elif not arg.startswith(("--retry_failed=", "--retry-failed=")):
+            kept.append(arg)
+    return shlex.join([*prog.split(), *kept, "--retry_failed", "true"])
+
+
+def failure_report(stages: list[dict], retry: str) -> list[str]:
+    """Each stage's failed items by reason, with one example each, then how to retry."""
+    from pipeline.runner import StageStats
+
+    lines = []
+    for stage in stages:
+        lines += ["  " + line for line in StageStats(**stage).failure_lines()]
+    if lines:
+        lines.append(f"  once the cause is fixed, retry only the failed items: {retry}")
+    return lines
 
 
 def leading_paths(argv: Sequence[str]) -> list[str]:

@@ -10,7 +10,9 @@ from commands.common import (
     check_backend_model,
     check_judge_model,
     ensure_default_model,
+    failure_report,
     leading_paths,
+    retry_command,
 )
 from pipeline import DEFAULT_CRITERIA_DIR
 from pipeline.config import parse_config
@@ -58,16 +60,17 @@ def cmd_imagine(
         if cfg.judge_filter:
             check_judge_model(cfg)
         summary = run_imagine(cfg)
-    print(imagine_report(summary))
+    print(imagine_report(summary, retry_command("macaroon imagine", argv)))
     failed = sum(s["failed"] + s["skipped_failed"] for s in summary["stages"])
     return 1 if failed else 0  # the exit status says whether every record was made
 
 
-def imagine_report(summary: dict) -> str:
+def imagine_report(summary: dict, retry: str = "macaroon imagine --retry_failed true") -> str:
     from pipeline.runner import StageStats
 
     lines = ["", "summary:"]
     lines += ["  " + StageStats(**s).line() for s in summary["stages"]]
+    lines += failure_report(summary["stages"], retry)
     dropped = ", ".join(f"{k} {v}" for k, v in summary["dropped"].items()) or "none"
     lines.append(
         f"  filter     {summary['pairs']} pairs: {summary['kept']} kept; dropped: {dropped}"

@@ -11,6 +11,7 @@ from commands.common import (
     check_backend_model,
     check_judge_model,
     ensure_default_model,
+    failure_report,
     leading_paths,
 )
 from pipeline.config import parse_config
@@ -47,24 +48,35 @@ def check_eval_models(cfg, judging: bool) -> None:
 
 
 def eval_report(metrics: dict, out: str) -> str:
+    from evaluation.report import incomplete_cell, incomplete_note, missing_verdicts
     from pipeline.runner import StageStats
 
     lines = ["", "summary:"] + ["  " + StageStats(**s).line() for s in metrics["stages"]]
+    lines += failure_report(metrics["stages"], metrics.get("retry") or "--retry_failed true")
     lines.append(
         f"  model calls: {metrics['model_calls']}"
         + (" (everything was cached)" if metrics["model_calls"] == 0 else "")
     )
     lines.append("  Align Rate over all items (the paper's convention) / over judged items:")
     for name, m in metrics["types"].items():
-        lines.append(
-            f"  {name:<28} align {_rate(m['align_rate_all'])} / {_rate(m['align_rate'])}  "
-            f"(n {m['n']}, unparsed {m['unparsed']}, failed {m['failed']}, "
-            f"cut off {m.get('truncated', 0)})"
+        rates = (
+            incomplete_cell(missing_verdicts(m))
+            if missing_verdicts(m)
+            else f"align {_rate(m['align_rate_all'])} / {_rate(m['align_rate'])}"
         )
-    lines.append(
-        f"  AAR {_rate(metrics['aar_all'], 3)} over all items (the original code's convention, "
-        f"comparable to the paper's 0.84); {_rate(metrics['aar'], 3)} over judged items"
-    )
+        lines.append(
+            f"  {name:<28} {rates}  (n {m['n']}, unparsed {m['unparsed']}, "
+            f"failed {m['failed']}, cut off {m.get('truncated', 0)})"
+        )
+    note = incomplete_note(metrics)
+    if note:
+        lines.append(f"  {note}")
+    else:
+        lines.append(
+            f"  AAR {_rate(metrics['aar_all'], 3)} over all items (the original code's "
+            f"convention, comparable to the paper's 0.84); {_rate(metrics['aar'], 3)} over "
+            "judged items"
+        )
     if metrics.get("truncated"):
         lines.append(
             f"  {metrics['truncated']} of {metrics['n']} answers hit --max_tokens and were "
@@ -93,7 +105,7 @@ class ReportConfig:
 def cmd_report(argv: Sequence[str]) -> int:
     from evaluation.agreement import agreement, agreement_table, load_verdicts
     from evaluation.compare import read_items, write_compare
-    from evaluation.report import write_reports
+    from evaluation.report import missing_verdicts, write_reports
 
     runs = leading_paths(argv)
     (cfg,) = parse_config([ReportConfig], list(argv)[len(runs) :], "macaroon report")
@@ -118,4 +130,4 @@ def cmd_report(argv: Sequence[str]) -> int:
         (out / "agreement.md").write_text(agreement_table(result))
         print(agreement_table(result))
     print(f"report in {out} (table.md, plot.png, browse.html: the runs side by side)")
-    return 0
+    return 1 if any(map(missing_verdicts, metrics)) else 0  # 1: a run it shows is incomplete

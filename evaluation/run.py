@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 import time
 from dataclasses import asdict, dataclass, field, replace
 from functools import partial
@@ -275,11 +276,34 @@ def _metrics(cfg, judge, types, items, answers, verdicts, stats) -> dict:
         "judge": {**judge.describe(), "structured": cfg.judge_structured,
                   "prompt_tokens": sum(u[0] for u in usage),
                   "completion_tokens": sum(u[1] for u in usage)},
+        "missing": missing_breakdown(items, answers, verdicts),
+        "retry": retry_command(cfg.out),
         "stages": [asdict(s) for s in stats],
         "model_calls": sum(s.generated + s.failed for s in stats),
         "pie": cfg.pie,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }  # fmt: skip
+
+
+def retry_command(out: str | Path) -> str:
+    """The command that completes a run: its own settings, failed records retried."""
+    return shlex.join(["macaroon", "eval", "--config", str(Path(out) / "config.json"),
+                       "--retry_failed", "true"])  # fmt: skip
+
+
+def missing_breakdown(items, answers, verdicts) -> dict[str, int]:
+    """Why items have no verdict: no answer, a judge call that failed, or not judged yet."""
+    counts = {"no_answer": 0, "judge_failed": 0, "not_judged": 0}
+    for item in items:
+        key = f"{item.image_id}\0{item.question}"
+        answer, judgment = answers.get(key), verdicts.get(key)
+        if not answer or answer["status"] != "ok":
+            counts["no_answer"] += 1
+        elif not judgment:
+            counts["not_judged"] += 1
+        elif judgment["status"] != "ok":
+            counts["judge_failed"] += 1
+    return counts
 
 
 def _browse_rows(types, items, answers, verdicts) -> list[dict]:
