@@ -54,6 +54,11 @@ def cmd_imagine(
     (cfg,) = parse_config([ImagineConfig], argv, prog)
     if stages:
         cfg.stages = stages
+    if cfg.stages.strip() == "build" and not _has_records(Path(cfg.out) / "responses.jsonl"):
+        raise ValueError(
+            f"--out {cfg.out}: holds no imagined records (responses.jsonl) to build from; "
+            f"run `macaroon imagine --out {cfg.out}` first (build makes no model calls)"
+        )
     with folder_lock(cfg.out):  # before building a model: a refused run does nothing
         ensure_default_model(cfg.model)
         check_backend_model(cfg)
@@ -63,6 +68,10 @@ def cmd_imagine(
     print(imagine_report(summary, retry_command("macaroon imagine", argv)))
     failed = sum(s["failed"] + s["skipped_failed"] for s in summary["stages"])
     return 1 if failed else 0  # the exit status says whether every record was made
+
+
+def _has_records(path: Path) -> bool:
+    return path.is_file() and path.stat().st_size > 0
 
 
 def imagine_report(summary: dict, retry: str = "macaroon imagine --retry_failed true") -> str:

@@ -25,6 +25,11 @@ def explain(err: BaseException) -> tuple[str, int] | None:
     model_problem = _model_problem(err)
     if model_problem:
         return model_problem, BAD_INPUT
+    if isinstance(err, FileExistsError | NotADirectoryError) and err.filename:
+        return (
+            f"{err.filename}: a file is in the way where a folder is needed; choose another "
+            "output folder (--out) or move that file"
+        ), BAD_INPUT
     if isinstance(err, UnicodeDecodeError):  # a ValueError too, but say what to do
         return f"a file is not UTF-8 text ({err}); save it as UTF-8", BAD_INPUT
     if isinstance(err, ValueError | FileNotFoundError | NotADirectoryError | IsADirectoryError):

@@ -15,6 +15,7 @@ from commands.common import (
     leading_paths,
 )
 from pipeline.config import parse_config
+from pipeline.files import read_json_file
 from pipeline.lock import folder_lock
 
 
@@ -29,7 +30,8 @@ def cmd_eval(argv: Sequence[str], prog: str = "macaroon eval", stages: str | Non
         metrics = run_eval(cfg)
     print(eval_report(metrics, cfg.out))
     failed = sum(s["failed"] + s["skipped_failed"] for s in metrics["stages"])
-    return 1 if failed else 0  # a stage with failed items is incomplete
+    # Incomplete: a stage with failed items, or a run meant to judge with verdicts missing.
+    return 1 if failed or ("judge" in cfg.stages and metrics.get("incomplete")) else 0
 
 
 def check_eval_models(cfg, judging: bool) -> None:
@@ -102,6 +104,23 @@ class ReportConfig:
     )  # fmt: skip
 
 
+# How to rewrite a run's metrics.json from its stored records (no model calls).
+REWRITE = (
+    "rewrite it from the stored records: macaroon eval --config {0}/config.json --stages report"
+)
+
+
+def check_metrics(metrics: object, path: Path) -> dict:
+    """A metrics.json as `macaroon eval` writes it, or an error naming the file and fix."""
+    keys = ("name", "types", "n", "unparsed", "failed")
+    if not isinstance(metrics, dict) or not all(k in metrics for k in keys):
+        raise ValueError(
+            f"{path}: not the metrics.json of a `macaroon eval` run (needs "
+            f"{', '.join(keys)}); {REWRITE.format(path.parent)}"
+        )
+    return metrics
+
+
 def cmd_report(argv: Sequence[str]) -> int:
     from evaluation.agreement import agreement, agreement_table, load_verdicts
     from evaluation.compare import read_items, write_compare
@@ -114,9 +133,11 @@ def cmd_report(argv: Sequence[str]) -> int:
     metrics = []
     for run in runs:
         path = Path(run) / "metrics.json"
+        if Path(run).is_file():
+            raise ValueError(f"{run}: is a file; give the folder of a `macaroon eval` run")
         if not path.is_file():
             raise FileNotFoundError(f"{run}: no metrics.json; run `macaroon eval` there first")
-        metrics.append(json.loads(path.read_text()))
+        metrics.append(check_metrics(read_json_file(path, "metrics", REWRITE.format(run)), path))
     items = [read_items(run) for run in runs]  # before writing anything
     types = list(dict.fromkeys(t for m in metrics for t in m["types"]))
     out = Path(cfg.out or (runs[0] if len(runs) == 1 else "outputs/eval/compare"))

@@ -16,8 +16,11 @@ from pipeline.pages import images_by_id, inline_png, read_rows, write_page
 
 def read_items(run: str | Path) -> list[dict]:
     """A run's items.jsonl (written by the eval's report stage)."""
-    return read_rows(Path(run) / "items.jsonl", f"run `macaroon eval --out {run} --stages "
-                     "report` (no model calls) to write it from the stored records")  # fmt: skip
+    fix = (
+        f"run `macaroon eval --config {run}/config.json --stages report` (no model calls) to "
+        "write it from the stored records"
+    )
+    return read_rows(Path(run) / "items.jsonl", fix)
 
 
 def write_compare(runs: list[dict], items: list[list[dict]], path: Path, plot: Path | None) -> Path:

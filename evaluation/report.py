@@ -38,7 +38,8 @@ def incomplete_note(run: dict) -> str | None:
         return None
     why = run.get("missing") or {}
     parts = [f"{why[k]} {text}" for k, text in (
-        ("judge_failed", "judge calls failed"), ("no_answer", "answers failed"),
+        ("judge_failed", "judge calls failed"),
+        ("no_answer", "without an answer (failed or not generated yet)"),
         ("not_judged", "not judged yet")) if why.get(k)]  # fmt: skip
     because = f" ({', '.join(parts)})" if parts else ""
     retry = run.get("retry") or "macaroon eval ... --retry_failed true (the run's options)"

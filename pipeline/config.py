@@ -28,10 +28,12 @@ def parse_config(
     if "--config" in argv:
         index = argv.index("--config")
         if index + 1 >= len(argv):
-            raise ConfigError(f"{prog}: --config needs a YAML file path")
+            raise ConfigError("--config needs a YAML file path")
         path = Path(argv[index + 1])
+        if path.is_dir():
+            raise ConfigError(f"--config {path}: is a folder; give a YAML file (configs/*.yaml)")
         if not path.is_file():
-            raise ConfigError(f"{prog}: config file {path} not found")
+            raise ConfigError(f"--config {path}: config file not found; check the path")
         _check_keys(path, dataclass_types)
     parser = TrlParser(dataclass_types=list(dataclass_types), prog=prog)
     if defaults:
