@@ -34,7 +34,7 @@ def parse_config(
             raise ConfigError(f"--config {path}: is a folder; give a YAML file (configs/*.yaml)")
         if not path.is_file():
             raise ConfigError(f"--config {path}: config file not found; check the path")
-        _check_keys(path, dataclass_types)
+        _check_keys(path, dataclass_types, prog)
     parser = TrlParser(dataclass_types=list(dataclass_types), prog=prog)
     if defaults:
         parser.set_defaults_with_config(**defaults)
@@ -58,12 +58,12 @@ def option_names(dataclass_types: Sequence[type]) -> set[str]:
     return {f.name for t in dataclass_types for f in dataclasses.fields(t)}
 
 
-def _did_you_mean(name: str, known: set[str]) -> str:
+def _did_you_mean(name: str, known: set[str], prefix: str = "--") -> str:
     close = difflib.get_close_matches(name.replace("-", "_"), sorted(known), n=1, cutoff=0.6)
-    return f" (did you mean --{close[0]}?)" if close else ""
+    return f" (did you mean {prefix}{close[0]}?)" if close else ""
 
 
-def _check_keys(path: Path, dataclass_types: Sequence[type]) -> None:
+def _check_keys(path: Path, dataclass_types: Sequence[type], prog: str = "macaroon") -> None:
     """Name the file and the key when a YAML config holds an unknown option."""
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
@@ -76,8 +76,11 @@ def _check_keys(path: Path, dataclass_types: Sequence[type]) -> None:
     known = option_names(dataclass_types) | {"env"}
     unknown = sorted(set(map(str, data)) - known)
     if unknown:
-        named = ", ".join(f"{key}{_did_you_mean(key, known)}" for key in unknown)
-        raise ConfigError(f"{path}: unknown option(s) {named}; known: {', '.join(sorted(known))}")
+        named = ", ".join(f"{key}{_did_you_mean(key, known, '')}" for key in unknown)
+        raise ConfigError(
+            f"{path}: unknown option(s) {named}; `{prog} --help` and docs/CONFIG.md list "
+            "the options"
+        )
 
 
 class ConfigError(ValueError):
