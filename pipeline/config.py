@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import types
+import typing
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -66,13 +68,17 @@ def _did_you_mean(name: str, known: set[str], prefix: str = "--") -> str:
 def _check_keys(path: Path, dataclass_types: Sequence[type], prog: str = "macaroon") -> None:
     """Name the file and the key when a YAML config holds an unknown option."""
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except UnicodeDecodeError as err:
         raise ConfigError(f"{path}: not UTF-8 text ({err.reason}); save it as UTF-8") from err
-    except yaml.YAMLError as err:
+    except (yaml.YAMLError, ValueError) as err:  # ValueError: a date like 2001-13-45
         raise ConfigError(f"{path}: not valid YAML: {err}") from err
+    if data is None:
+        raise ConfigError(f"{path}: empty; write one `option: value` per line (see configs/)")
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of option: value")
+    if not isinstance(data.get("env", {}), dict):
+        raise ConfigError(f"{path}: option env: expected a mapping VARIABLE: value")
     known = option_names(dataclass_types) | {"env"}
     unknown = sorted(set(map(str, data)) - known)
     if unknown:
@@ -81,6 +87,71 @@ def _check_keys(path: Path, dataclass_types: Sequence[type], prog: str = "macaro
             f"{path}: unknown option(s) {named}; `{prog} --help` and docs/CONFIG.md list "
             "the options"
         )
+    hints = _field_types(dataclass_types)
+    for key, value in data.items():
+        if key in hints and not _fits(value, hints[key]):
+            raise ConfigError(
+                f"{path}: option {key}: {value!r} is not {_describe(hints[key])}; fix the "
+                "value (quote text that YAML reads as a number, date or true/false)"
+            )
+
+
+def _field_types(dataclass_types: Sequence[type]) -> dict[str, object]:
+    """Each option's type, resolved where it can be (TRL's classes may not resolve)."""
+    types: dict[str, object] = {}
+    for cls in dataclass_types:
+        try:
+            hints = typing.get_type_hints(cls)
+        except Exception:  # noqa: BLE001 - an annotation we cannot resolve is not checked
+            hints = {}
+        for f in dataclasses.fields(cls):
+            types.setdefault(f.name, hints.get(f.name, typing.Any))
+    return types
+
+
+_TRUTH = {"yes", "no", "true", "false", "t", "f", "y", "n", "1", "0"}
+
+
+def _fits(value: object, expected: object) -> bool:
+    """Whether a YAML value can fill an option of type `expected` (as the parser converts
+    text: `1e-4` is text to YAML and a float to the option)."""
+    origin = typing.get_origin(expected)
+    if origin in (typing.Union, types.UnionType):
+        return any(_fits(value, arg) for arg in typing.get_args(expected))
+    if origin is typing.Literal:
+        return value in typing.get_args(expected)
+    if origin in (list, tuple, set):
+        return isinstance(value, list)
+    if origin is dict:
+        return isinstance(value, dict)
+    if expected is type(None):
+        return value is None
+    if expected is bool:
+        return isinstance(value, bool) or (isinstance(value, str) and value.lower() in _TRUTH)
+    if expected in (int, float):
+        if isinstance(value, bool):
+            return False
+        if isinstance(value, int | float):
+            return expected is float or isinstance(value, int)
+        return isinstance(value, str) and _converts(value, expected)
+    if expected is str:
+        return isinstance(value, str)
+    return True  # enums and other classes: the parser decides
+
+
+def _converts(text: str, kind: type) -> bool:
+    try:
+        kind(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _describe(expected: object) -> str:
+    names = {str: "text", int: "a whole number", float: "a number", bool: "true or false",
+             type(None): "empty (null)"}  # fmt: skip
+    args = typing.get_args(expected) if typing.get_origin(expected) else (expected,)
+    return " or ".join(names.get(a, getattr(a, "__name__", str(a))) for a in args)
 
 
 class ConfigError(ValueError):

@@ -87,7 +87,7 @@ def load_question_type(path: str | Path) -> QuestionType:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except UnicodeDecodeError as err:
         raise CriteriaError(f"{path}: not UTF-8 text ({err.reason}); save it as UTF-8") from err
-    except yaml.YAMLError as err:
+    except (yaml.YAMLError, ValueError) as err:  # ValueError: a date like 2001-13-45
         raise CriteriaError(f"{path}: not valid YAML: {err}") from err
     if not isinstance(data, dict):
         raise CriteriaError(f"{path}: expected a mapping with fields {', '.join(FIELDS)}")
