@@ -16,12 +16,10 @@ from commands.data import (
 )
 from commands.demo import run_demo
 from commands.docs import cmd_docs
+from commands.errors import explain
 from commands.evaluate import cmd_eval, cmd_report
 from commands.reproduce import cmd_reproduce
 from commands.train import cmd_train
-from pipeline.config import ConfigError
-from pipeline.criteria import CriteriaError
-from pipeline.lock import LockError
 
 COMMANDS: dict[str, tuple[str, Callable[[Sequence[str]], int]]] = {
     "tiny-model": ("build a small random-weight VLM locally (tests, demo)", cmd_tiny_model),
@@ -77,14 +75,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return COMMANDS[name][1](rest)
-    except (ConfigError, CriteriaError, ValueError, FileNotFoundError) as err:
-        # Bad input: one clear line naming the file and the fix, no traceback.
-        print(f"macaroon {name}: error: {err}", file=sys.stderr)
-        return 2
-    except LockError as err:
-        # Refused before doing anything, like bad input (2); 1 means a run left work undone.
-        print(f"macaroon {name}: error: {err}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print(
             f"\nmacaroon {name}: interrupted; finished records are kept, rerun the same "
@@ -92,14 +82,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 130
-    except OSError as err:  # read-only folder, full disk, ...: the machine, not the input
-        where = f" {err.filename}" if getattr(err, "filename", None) else ""
-        print(
-            f"macaroon {name}: error: cannot write{where}: {err.strerror or err}; free space or "
-            "choose a writable output folder (finished records are kept)",
-            file=sys.stderr,
-        )
-        return 1
+    except Exception as err:
+        known = explain(err)
+        if known is None:
+            raise  # a bug: its traceback is what whoever fixes it needs
+        message, code = known
+        print(f"macaroon {name}: error: {message}", file=sys.stderr)
+        return code
 
 
 if __name__ == "__main__":

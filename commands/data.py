@@ -6,7 +6,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from commands.common import ensure_default_model, leading_paths
+from commands.common import (
+    check_backend_model,
+    check_judge_model,
+    ensure_default_model,
+    failure_report,
+    leading_paths,
+    retry_command,
+)
 from pipeline import DEFAULT_CRITERIA_DIR
 from pipeline.config import parse_config
 from pipeline.lock import folder_lock
@@ -47,19 +54,32 @@ def cmd_imagine(
     (cfg,) = parse_config([ImagineConfig], argv, prog)
     if stages:
         cfg.stages = stages
+    if cfg.stages.strip() == "build" and not _has_records(Path(cfg.out) / "responses.jsonl"):
+        raise ValueError(
+            f"--out {cfg.out}: holds no imagined records (responses.jsonl) to build from; "
+            f"run `macaroon imagine --out {cfg.out}` first (build makes no model calls)"
+        )
     with folder_lock(cfg.out):  # before building a model: a refused run does nothing
         ensure_default_model(cfg.model)
+        check_backend_model(cfg)
+        if cfg.judge_filter:
+            check_judge_model(cfg)
         summary = run_imagine(cfg)
-    print(imagine_report(summary))
+    print(imagine_report(summary, retry_command("macaroon imagine", argv)))
     failed = sum(s["failed"] + s["skipped_failed"] for s in summary["stages"])
     return 1 if failed else 0  # the exit status says whether every record was made
 
 
-def imagine_report(summary: dict) -> str:
+def _has_records(path: Path) -> bool:
+    return path.is_file() and path.stat().st_size > 0
+
+
+def imagine_report(summary: dict, retry: str = "macaroon imagine --retry_failed true") -> str:
     from pipeline.runner import StageStats
 
     lines = ["", "summary:"]
     lines += ["  " + StageStats(**s).line() for s in summary["stages"]]
+    lines += failure_report(summary["stages"], retry)
     dropped = ", ".join(f"{k} {v}" for k, v in summary["dropped"].items()) or "none"
     lines.append(
         f"  filter     {summary['pairs']} pairs: {summary['kept']} kept; dropped: {dropped}"

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from commands.common import DEFAULT_MODEL, ensure_default_model
 from pipeline.config import parse_config
+from pipeline.model_source import check_adapter, check_model
 
 
 def cmd_train(argv: Sequence[str]) -> int:
@@ -29,6 +30,10 @@ def cmd_train(argv: Sequence[str]) -> int:
         defaults["bf16"] = False  # transformers refuses bf16 without a GPU
     cfg, model_args, args, *judge = parse_config(classes, argv, "macaroon train", defaults)
     ensure_default_model(model_args.model_name_or_path)
+    check_model(model_args.model_name_or_path, "--model_name_or_path", model_args.model_revision)
+    for option in ("init_adapter", "multiturn_adapter"):
+        if getattr(cfg, option):
+            check_adapter(getattr(cfg, option), f"--{option}", contents=False)
     general = None
     if cfg.general and Path(cfg.general).suffix in (".json", ".jsonl"):
         from imagination.importer import import_files  # the original VLFeedback files

@@ -10,14 +10,17 @@ from __future__ import annotations
 import html
 from pathlib import Path
 
-from evaluation.report import CONVENTIONS
+from evaluation.report import CONVENTIONS, incomplete_cell, incomplete_note, missing_verdicts
 from pipeline.pages import images_by_id, inline_png, read_rows, write_page
 
 
 def read_items(run: str | Path) -> list[dict]:
     """A run's items.jsonl (written by the eval's report stage)."""
-    return read_rows(Path(run) / "items.jsonl", f"run `macaroon eval --out {run} --stages "
-                     "report` (no model calls) to write it from the stored records")  # fmt: skip
+    fix = (
+        f"run `macaroon eval --config {run}/config.json --stages report` (no model calls) to "
+        "write it from the stored records"
+    )
+    return read_rows(Path(run) / "items.jsonl", fix)
 
 
 def write_compare(runs: list[dict], items: list[list[dict]], path: Path, plot: Path | None) -> Path:
@@ -63,21 +66,28 @@ def _figures(runs: list[dict], types: list[str]) -> str:
     for name in types:
         cells = "".join(f"<td>{_cell(r['types'].get(name) or {})}</td>" for r in runs)
         lines.append(f"<tr><td>{html.escape(name)}</td>{cells}</tr>")
-    aar = "".join(
-        f"<td><b>{_rate(r.get('aar_all'))} / {_rate(r.get('aar'))}</b></td>" for r in runs
-    )
+    aar = "".join(f"<td><b>{_aar(r)}</b></td>" for r in runs)
     health = "".join(
         f"<td>{r.get('unparsed', 0)} / {r.get('failed', 0)} of {r.get('n', 0)}</td>" for r in runs
     )
     lines += [f"<tr><td><b>AAR</b></td>{aar}</tr>",
               f"<tr><td>judge unparsed / failed</td>{health}</tr></table>"]  # fmt: skip
     notes = " ".join(html.escape(text.replace("**", "")) for _, text in CONVENTIONS)
-    return "".join(lines) + f"<p class='meta'>{notes}</p>"
+    incomplete = "".join(f"<p><b>{html.escape(n)}</b></p>" for n in map(incomplete_note, runs) if n)
+    return incomplete + "".join(lines) + f"<p class='meta'>{notes}</p>"
+
+
+def _aar(run: dict) -> str:
+    if missing_verdicts(run):
+        return html.escape(incomplete_cell(missing_verdicts(run)))
+    return f"{_rate(run.get('aar_all'))} / {_rate(run.get('aar'))}"
 
 
 def _cell(metrics: dict) -> str:
     if not metrics:
         return "–"
+    if missing_verdicts(metrics):
+        return html.escape(incomplete_cell(missing_verdicts(metrics)))
     return f"{_rate(metrics.get('align_rate_all'))} / {_rate(metrics.get('align_rate'))}"
 
 

@@ -3,17 +3,22 @@
 Definitions (stated in every report):
 - every rate is given in two conventions, side by side:
   - **over all items** (keys ending `_all`): the original MACAROON code's convention
-    (eval/metric_cal.py divides by every item), in which an `unparsed` or `failed` item
+    (eval/metric_cal.py divides by every item it judged), in which an `unparsed` reply
     counts as not aligned. Only these are comparable to the paper (MACAROON: AAR 0.84);
   - **over judged items** (the same keys without `_all`): only responses with a verdict
-    count; `unparsed` and `failed` items are left out;
+    count; `unparsed` items are left out;
+- a `failed` item (no response, or the judge call failed or never happened) has no
+  verdict in either convention: it is never counted as not aligned. A run with such items
+  is **incomplete** (`incomplete`, `missing_verdicts`): its aggregates (AAR, tiers) are
+  left empty (null) and reports say how many items lack a verdict and how to retry them;
+  the rates of a type with such items are over the items that have a reply (`incomplete`
+  on the type);
 - a type's **Align Rate** = responses judged True / all responses (`align_rate_all`) or
   / responses with a verdict (`align_rate`);
 - its **Ambiguous Rate** (tier II only) = responses judged Ambiguous / all responses
   (`ambiguous_rate_all`) or / responses with a verdict (`ambiguous_rate`);
-- `unparsed` (the judge gave no clean verdict label of the type) and `failed` (no
-  response, or the judge call failed) are counted apart and reported with their rates
-  over n; over judged items they are left out, over all items they count as not aligned;
+- `unparsed` (the judge gave no clean verdict label of the type) and `failed` are
+  counted apart and reported with their rates over n;
 - per tier: the unweighted mean of its types' Align Rates (`align_rate_all`,
   `align_rate`) and the rate over its items pooled (`align_rate_weighted_all`,
   `align_rate_weighted`);
@@ -43,13 +48,17 @@ def type_metrics(verdicts: Sequence[str], tier: str, resamples: int = 1000, seed
     judged = [v for v in verdicts if v not in (UNPARSED, FAILED)]
     aligned = [v == "True" for v in judged]
     ambiguous = [v == "Ambiguous" for v in judged]
-    # The original code's denominator: every item, unparsed and failed ones as not aligned.
-    aligned_all = [v == "True" for v in verdicts]
-    ambiguous_all = [v == "Ambiguous" for v in verdicts]
+    # The original code's denominator: every judge reply, an unparsed one as not aligned;
+    # a judge call that did not happen (failed) is no reply and no "not aligned".
+    replied = [v for v in verdicts if v != FAILED]
+    aligned_all = [v == "True" for v in replied]
+    ambiguous_all = [v == "Ambiguous" for v in replied]
     return {
         "tier": tier,
         "n": n,
+        "incomplete": FAILED in verdicts,
         "judged": len(judged),
+        "replied": len(replied),
         "aligned": sum(aligned),
         "align_rate": _rate(aligned),
         "ambiguous_rate": _rate(ambiguous) if tier == "II" else None,
@@ -96,34 +105,56 @@ def aar_ci(
 
 
 def verdict_flags(verdicts: Sequence[str], over_all: bool) -> list[bool]:
-    """Aligned or not per item: over all items, or over the judged ones only."""
-    kept = verdicts if over_all else [v for v in verdicts if v not in (UNPARSED, FAILED)]
-    return [v == "True" for v in kept]
+    """Aligned or not per item with a reply (a failed item has no verdict in either
+    convention): over all of them, unparsed as not aligned, or over the judged ones only."""
+    left_out = (FAILED,) if over_all else (UNPARSED, FAILED)
+    return [v == "True" for v in verdicts if v not in left_out]
 
 
 def summarize(per_type: dict[str, dict]) -> dict:
-    """Per-tier figures and the aggregates, in both conventions, from the per-type metrics."""
+    """Per-tier figures and the aggregates, in both conventions, from the per-type metrics.
+
+    Aggregates over a type with missing verdicts are None: no number from verdicts that
+    were never obtained (`incomplete`, `missing_verdicts` say why)."""
     tiers: dict[str, list[dict]] = {}
     for metrics in per_type.values():
         tiers.setdefault(metrics["tier"], []).append(metrics)
+    missing = sum(m["failed"] for m in per_type.values())
     return {
         "tiers": {
-            name: {
-                "align_rate": _mean(mine, "align_rate"),
-                "align_rate_weighted": _pooled(mine, "judged"),
-                "align_rate_all": _mean(mine, "align_rate_all"),
-                "align_rate_weighted_all": _pooled(mine, "n"),
-                "types": len(mine),
-            }
+            name: {**_aggregate(mine, _tier_figures), "types": len(mine)}
             for name, mine in tiers.items()
         },
-        "aar": _mean(per_type.values(), "align_rate"),
+        **_aggregate(list(per_type.values()), _aar_figures),
         # Types with a verdict; AAR is over all of them when complete.
         "aar_types": sum(m["align_rate"] is not None for m in per_type.values()),
-        "aar_weighted": _pooled(per_type.values(), "judged"),
-        "aar_all": _mean(per_type.values(), "align_rate_all"),
-        "aar_weighted_all": _pooled(per_type.values(), "n"),
+        "incomplete": missing > 0,
+        "missing_verdicts": missing,
     }
+
+
+def _tier_figures(mine: list[dict]) -> dict:
+    return {
+        "align_rate": _mean(mine, "align_rate"),
+        "align_rate_weighted": _pooled(mine, "judged"),
+        "align_rate_all": _mean(mine, "align_rate_all"),
+        "align_rate_weighted_all": _pooled(mine, "replied"),
+    }
+
+
+def _aar_figures(metrics: list[dict]) -> dict:
+    return {
+        "aar": _mean(metrics, "align_rate"),
+        "aar_weighted": _pooled(metrics, "judged"),
+        "aar_all": _mean(metrics, "align_rate_all"),
+        "aar_weighted_all": _pooled(metrics, "replied"),
+    }
+
+
+def _aggregate(metrics: list[dict], figures) -> dict:
+    """`figures(metrics)`, each left None when a type among them misses verdicts."""
+    values = figures(metrics)
+    return dict.fromkeys(values) if any(m.get("incomplete") for m in metrics) else values
 
 
 def _mean(metrics: Iterable[dict], key: str) -> float | None:

@@ -21,6 +21,34 @@ CONVENTIONS = (
 )  # fmt: skip
 
 
+def missing_verdicts(run: dict) -> int:
+    """Items of `run` without a verdict (a metrics.json from before `incomplete` existed
+    counted them as `failed`)."""
+    return int(run.get("missing_verdicts", run.get("failed") or 0))
+
+
+def incomplete_cell(missing: int) -> str:
+    return f"incomplete ({missing} without verdict)"
+
+
+def incomplete_note(run: dict) -> str | None:
+    """What an incomplete run lacks and the command that completes it; None if complete."""
+    missing = missing_verdicts(run)
+    if not missing:
+        return None
+    why = run.get("missing") or {}
+    parts = [f"{why[k]} {text}" for k, text in (
+        ("judge_failed", "judge calls failed"),
+        ("no_answer", "without an answer (failed or not generated yet)"),
+        ("not_judged", "not judged yet")) if why.get(k)]  # fmt: skip
+    because = f" ({', '.join(parts)})" if parts else ""
+    retry = run.get("retry") or "macaroon eval ... --retry_failed true (the run's options)"
+    return (
+        f"{run['name']}: run incomplete: {missing} of {run.get('n', '?')} items have no "
+        f"verdict{because}, so no AAR is given in either convention. Complete it with: {retry}"
+    )
+
+
 def table(runs: list[dict], types: list[str]) -> str:
     """Per convention, rows: runs (model/METHOD); columns: the types' Align Rates, then AAR
     (paper Table 1)."""
@@ -35,6 +63,10 @@ def table(runs: list[dict], types: list[str]) -> str:
         f"{r.get('truncated', '?')} answers cut off by the token limit"
         for r in runs
     ]
+    incomplete = [f"- {note}" for note in map(incomplete_note, runs) if note]
+    if incomplete:
+        lines = ["**Incomplete runs** (items without a verdict give no number):", "",
+                 *incomplete, "", *lines]  # fmt: skip
     return "\n".join(lines + notes + ["", "Health:", *health]) + "\n"
 
 
@@ -45,15 +77,21 @@ def _rate_rows(runs: list[dict], types: list[str], suffix: str) -> list[str]:
         cells = [run["name"]]
         for name in types:
             metrics = run["types"].get(name) or {}
+            if missing_verdicts(metrics):  # no number from verdicts never obtained
+                cells.append(incomplete_cell(missing_verdicts(metrics)))
+                continue
             # .get: a metrics.json written before both conventions were reported lacks _all.
             cell = _pct(metrics.get("align_rate" + suffix))
             if metrics.get("ambiguous_rate" + suffix) is not None:
                 cell += f" (amb. {_pct(metrics['ambiguous_rate' + suffix])})"
             cells.append(cell)
-        # Over judged items a type with no verdict at all drops out of the AAR: say so.
-        left_out = not suffix and run.get("aar_types", len(types)) < len(run["types"])
-        aar = _pct(run.get("aar" + suffix)) + ("*" if left_out else "")
-        cells += [aar, _pct(run.get("aar_weighted" + suffix))]
+        if missing_verdicts(run):
+            cells += [incomplete_cell(missing_verdicts(run)), "–"]
+        else:
+            # Over judged items a type with no verdict at all drops out of the AAR: say so.
+            left_out = not suffix and run.get("aar_types", len(types)) < len(run["types"])
+            aar = _pct(run.get("aar" + suffix)) + ("*" if left_out else "")
+            cells += [aar, _pct(run.get("aar_weighted" + suffix))]
         lines.append("| " + " | ".join(cells) + " |")
     return lines
 
@@ -72,8 +110,8 @@ def plot(runs: list[dict], types: list[str], path: Path) -> None:
         xs, ys, low, high = [], [], [], []
         for j, name in enumerate(types):
             metrics = run["types"].get(name)
-            if not metrics or metrics["align_rate"] is None:
-                continue
+            if not metrics or metrics["align_rate"] is None or missing_verdicts(metrics):
+                continue  # no bar from verdicts never obtained
             rate, ci = metrics["align_rate"], metrics["ci95"] or [metrics["align_rate"]] * 2
             xs.append(j + (i - (len(runs) - 1) / 2) * width)
             ys.append(rate)
@@ -85,7 +123,9 @@ def plot(runs: list[dict], types: list[str], path: Path) -> None:
             width,
             yerr=[low, high],
             capsize=3,
-            label=f"{run['name']} (AAR {_pct(run['aar'])} judged, "
+            label=f"{run['name']}: {incomplete_cell(missing_verdicts(run))}"
+            if missing_verdicts(run)
+            else f"{run['name']} (AAR {_pct(run['aar'])} judged, "
             f"{_pct(run.get('aar_all'))} all items)",
         )
     ax.set_xticks(range(len(types)))

@@ -17,6 +17,7 @@ from pathlib import Path
 import yaml
 
 from evaluation.metrics import DEFINITIONS
+from evaluation.report import incomplete_note, missing_verdicts
 
 CONVENTIONS = (
     ("_all", "over all items (the original code's convention; comparable to the paper)"),
@@ -86,6 +87,7 @@ def table_rows(runs: dict[str, dict], types: list[str], published: list[dict]) -
                 if m.get("tier") == "II":
                     record[f"{qtype} (ambiguous)"] = m.get("ambiguous_rate" + suffix)
             record["AAR"] = metrics.get("aar" + suffix)
+            record["without verdict"] = missing_verdicts(metrics)
             low, high = metrics.get("aar_ci95" + suffix) or (None, None)
             record["AAR 95% low"], record["AAR 95% high"] = low, high
             records.append(record)
@@ -130,7 +132,10 @@ def table_md(runs: dict[str, dict], types: list[str], published: list[dict], not
                 if r.get("AAR 95% low") is not None
                 else ""
             )
-            cells.append(_num(r.get("AAR")) + interval)
+            if r.get("without verdict"):  # no number from verdicts never obtained
+                cells.append(f"incomplete ({r['without verdict']} without verdict)")
+            else:
+                cells.append(_num(r.get("AAR")) + interval)
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
     judge = next(iter(runs.values())).get("judge", {}) if runs else {}
@@ -150,7 +155,8 @@ def table_md(runs: dict[str, dict], types: list[str], published: list[dict], not
         f"{m.get('truncated', 0)} answers cut off"
         for name, m in runs.items()
     ]
-    return "\n".join([*lines, "", "Health:", *health]) + "\n"
+    notes = [note for m in runs.values() if (note := incomplete_note(m))]
+    return "\n".join([*lines, "", "Health:", *health, *notes]) + "\n"
 
 
 def table_csv(runs: dict[str, dict], types: list[str], published: list[dict]) -> str:

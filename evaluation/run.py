@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 import time
 from dataclasses import asdict, dataclass, field, replace
 from functools import partial
@@ -43,6 +44,7 @@ from pipeline.judge import (
     resolve_judge,
 )
 from pipeline.lock import folder_lock
+from pipeline.model_source import check_adapter
 from pipeline.pie import find_pie_file, load_pie
 from pipeline.runner import Item, StageStats, pending, run_stage, stored_stats
 from pipeline.store import RecordStore, file_hash, record_key
@@ -134,6 +136,8 @@ def _eval(cfg: EvalConfig, out: Path) -> dict:
 
 def _conditioning(cfg: EvalConfig) -> dict | None:
     """The training record of the model under test, its `conditioning` as this run uses it."""
+    if cfg.adapter:
+        check_adapter(cfg.adapter)  # missing is "not found", not "no macaroon.json"
     record = read_record(cfg.adapter) if cfg.adapter else read_record(cfg.model)
     if cfg.conditioning is not None:
         token = None if cfg.conditioning == "none" else cfg.conditioning
@@ -267,12 +271,18 @@ def _metrics(cfg, judge, types, items, answers, verdicts, stats) -> dict:
         mine = [answers.get(f"{i.image_id}\0{i.question}") for i in items
                 if i.question_type == name]  # fmt: skip
         metrics["truncated"] = sum(1 for a in mine if a and a.get("finish_reason") == "length")
+    summary = summarize(per_type)
+    # An incomplete run has no AAR, and so no interval around one.
+    intervals = {"aar_ci95": None, "aar_ci95_all": None}
+    if not summary.get("incomplete"):
+        intervals = {f"aar_ci95{suffix}": aar_ci([verdict_flags(v, over_all=bool(suffix))
+                                                  for v in verdict_lists])
+                     for suffix in ("", "_all")}  # fmt: skip
     return {
         "name": cfg.name,
         "types": per_type,
-        **summarize(per_type),
-        "aar_ci95": aar_ci([verdict_flags(v, over_all=False) for v in verdict_lists]),
-        "aar_ci95_all": aar_ci([verdict_flags(v, over_all=True) for v in verdict_lists]),
+        **summary,
+        **intervals,
         "n": len(items),
         "unparsed": sum(m["unparsed"] for m in per_type.values()),
         "failed": sum(m["failed"] for m in per_type.values()),
@@ -285,12 +295,35 @@ def _metrics(cfg, judge, types, items, answers, verdicts, stats) -> dict:
                   "fingerprint": judge_fingerprint(judge, types, cfg.prompts),
                   "prompt_tokens": sum(u[0] for u in usage),
                   "completion_tokens": sum(u[1] for u in usage)},
+        "missing": missing_breakdown(items, answers, verdicts),
+        "retry": retry_command(cfg.out),
         "stages": [asdict(s) for s in stats],
         "model_calls": sum(s.generated + s.failed for s in stats),
         "pie": cfg.pie,
         "pie_fingerprint": file_hash(find_pie_file(cfg.pie)),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }  # fmt: skip
+
+
+def retry_command(out: str | Path) -> str:
+    """The command that completes a run: its own settings, failed records retried."""
+    return shlex.join(["macaroon", "eval", "--config", str(Path(out) / "config.json"),
+                       "--retry_failed", "true"])  # fmt: skip
+
+
+def missing_breakdown(items, answers, verdicts) -> dict[str, int]:
+    """Why items have no verdict: no answer, a judge call that failed, or not judged yet."""
+    counts = {"no_answer": 0, "judge_failed": 0, "not_judged": 0}
+    for item in items:
+        key = f"{item.image_id}\0{item.question}"
+        answer, judgment = answers.get(key), verdicts.get(key)
+        if not answer or answer["status"] != "ok":
+            counts["no_answer"] += 1
+        elif not judgment:
+            counts["not_judged"] += 1
+        elif judgment["status"] != "ok":
+            counts["judge_failed"] += 1
+    return counts
 
 
 def _browse_rows(types, items, answers, verdicts) -> list[dict]:

@@ -114,7 +114,8 @@ def _read_records(path: Path, problems: list[str]) -> list[tuple[int | None, Any
     except _Bad as err:
         problems.append(f"{path}: {err}")
     except (OSError, UnicodeDecodeError) as err:
-        problems.append(f"{path}: cannot read: {err}")
+        fix = "; save it as UTF-8" if isinstance(err, UnicodeDecodeError) else ""
+        problems.append(f"{path}: cannot read: {err}{fix}")
     return None
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 from imagination.prompts import chat, render
 from pipeline.backends import Request, Sampling
 from pipeline.criteria import QuestionType
+from pipeline.files import read_text_file
 from pipeline.runner import Item
 from pipeline.store import file_hash, record_key
 
@@ -69,7 +70,7 @@ def user_questions(
     """
     path, images_dir = Path(path), Path(images_dir)
     rows, errors = [], []
-    for number, raw in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    for number, raw in enumerate(read_text_file(path, "--questions"), start=1):
         if not raw.strip():
             continue
         try:
@@ -79,7 +80,10 @@ def user_questions(
         except ValueError as err:
             errors.append(f"  line {number}: not a JSON object ({err})")
             continue
-        missing = [k for k in ("image", "question", "question_type") if not row.get(k)]
+        missing = [
+            k for k in ("image", "question", "question_type")
+            if not isinstance(row.get(k), str) or not row[k].strip()
+        ]  # fmt: skip
         if missing:
             errors.append(f"  line {number}: missing {', '.join(missing)}")
             continue

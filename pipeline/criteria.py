@@ -60,6 +60,10 @@ class QuestionType:
 def load_criteria(directory: str | Path) -> dict[str, QuestionType]:
     """Load every `*.yaml` in `directory`, keyed by type name, ordered by tier then file name."""
     directory = Path(directory)
+    if directory.is_file():
+        raise CriteriaError(
+            f"{directory}: is a file; give the folder of criteria *.yaml files (one per type)"
+        )
     if not directory.is_dir():
         raise CriteriaError(f"{directory}: criteria folder not found")
     files = sorted(directory.glob("*.yaml")) + sorted(directory.glob("*.yml"))
@@ -81,7 +85,9 @@ def load_question_type(path: str | Path) -> QuestionType:
     path = Path(path)
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as err:
+    except UnicodeDecodeError as err:
+        raise CriteriaError(f"{path}: not UTF-8 text ({err.reason}); save it as UTF-8") from err
+    except (yaml.YAMLError, ValueError) as err:  # ValueError: a date like 2001-13-45
         raise CriteriaError(f"{path}: not valid YAML: {err}") from err
     if not isinstance(data, dict):
         raise CriteriaError(f"{path}: expected a mapping with fields {', '.join(FIELDS)}")

@@ -11,11 +11,15 @@ EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 
 def list_images(directory: str | Path) -> list[Path]:
     directory = Path(directory)
+    if directory.is_file():
+        raise FileNotFoundError(f"--images {directory}: is a file; give the folder of images")
     if not directory.is_dir():
-        raise FileNotFoundError(f"{directory}: image folder not found")
+        raise FileNotFoundError(f"--images {directory}: image folder not found; check the path")
     images = sorted(p for p in directory.iterdir() if p.suffix.lower() in EXTENSIONS)
     if not images:
-        raise FileNotFoundError(f"{directory}: no images ({', '.join(EXTENSIONS)})")
+        raise FileNotFoundError(
+            f"--images {directory}: no images ({', '.join(EXTENSIONS)}) in this folder"
+        )
     return images
 
 

@@ -15,6 +15,8 @@ import json
 from functools import lru_cache
 from pathlib import Path
 
+from pipeline.files import InputFileError, read_text_file
+
 PAGE_SIZE = 50
 
 _CSS = """
@@ -151,7 +153,19 @@ def images_by_id(paths: list[str]) -> tuple[dict[str, str], dict[str, str]]:
 def read_rows(path: Path, fix: str) -> list[dict]:
     """The rows of a page's JSONL source; a missing file names the command (`fix`) that
     writes it."""
+    if path.parent.is_file():
+        raise FileNotFoundError(f"{path.parent}: is a file; give the run's output folder")
     if not path.is_file():
         raise FileNotFoundError(f"{path}: not found; {fix}")
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
+    rows = []
+    for number, line in enumerate(read_text_file(path, "page source"), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise InputFileError(f"{path}: line {number} is not JSON ({err.msg}); {fix}") from err
+        if not isinstance(row, dict):
+            raise InputFileError(f"{path}: line {number} is not a JSON object; {fix}")
+        rows.append(row)
+    return rows

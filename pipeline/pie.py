@@ -6,6 +6,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from pipeline.files import read_text_file
+
 FILE_NAMES = ("evaluation_dataset.jsonl", "evaluation_data.jsonl")  # both names were released
 KEYS = ("Image ID", "Question", "Question Type")
 
@@ -30,9 +32,9 @@ def find_pie_file(path: str | Path) -> Path:
         for name in FILE_NAMES:
             if (path / name).is_file():
                 return path / name
-        raise PieError(f"{path}: no {' or '.join(FILE_NAMES)} in this folder")
+        raise PieError(f"--pie {path}: no {' or '.join(FILE_NAMES)} in this folder")
     if not path.is_file():
-        raise PieError(f"{path}: PIE file not found")
+        raise PieError(f"--pie {path}: PIE file not found; check the path")
     return path
 
 
@@ -43,7 +45,7 @@ def load_pie(path: str | Path, known_types: set[str]) -> list[PieItem]:
     items: list[PieItem] = []
     errors: list[str] = []
     seen: dict[tuple[str, str], int] = {}
-    for number, raw in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    for number, raw in enumerate(read_text_file(path, "--pie"), start=1):
         if not raw.strip():
             continue
         item, problem = _parse_row(raw, number, images, known_types)
@@ -60,7 +62,10 @@ def load_pie(path: str | Path, known_types: set[str]) -> list[PieItem]:
         listing = "\n".join(errors)
         raise PieError(f"{path}: {len(errors)} bad row(s); fix or remove them:\n{listing}")
     if not items:
-        raise PieError(f"{path}: no rows")
+        raise PieError(
+            f"--pie {path}: no rows; a PIE file holds one JSON object per line with "
+            f"{', '.join(map(repr, KEYS))}"
+        )
     return items
 
 

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from tqdm import tqdm
 
-from pipeline.backends import Backend, Request
+from pipeline.backends import Backend, EndpointUnreachable, Request
 from pipeline.store import FAILED, OK, RecordStore
 
 
@@ -32,6 +33,9 @@ class StageStats:
     cut_short: int = 0  # a last line cut short by a kill, dropped when the store was opened
     completion_tokens: int = 0
     seconds: float = 0.0
+    # Failed items of this stage (this run's and earlier ones'), per distinct reason, most
+    # frequent first: {"reason", "count", "example"} with one record's image and question.
+    failures: list[dict] = field(default_factory=list)
 
     @property
     def tokens_per_second(self) -> float:
@@ -45,6 +49,19 @@ class StageStats:
             + (f", {self.cut_short} cut-short line dropped" if self.cut_short else "")
             + (f", {self.tokens_per_second:.1f} tokens/s" if self.generated else "")
         )
+
+    def failure_lines(self) -> list[str]:
+        """Why items failed: one line per reason, with an example record."""
+        if not self.failures:
+            return []
+        total = sum(f["count"] for f in self.failures)
+        lines = [f"{self.name}: {total} failed, by reason:"]
+        for failure in self.failures:
+            lines.append(f"  {failure['count']} x {failure['reason']}")
+            example = ", ".join(f"{k} {v}" for k, v in failure["example"].items())
+            if example:
+                lines.append(f"      e.g. {example}")
+        return lines
 
 
 def run_stage(
@@ -63,6 +80,7 @@ def run_stage(
     stats = StageStats(name, total=len(items), cut_short=int(store.dropped_line is not None))
     todo = pending(items, store, retry_failed, stats)
     if not todo:
+        stats.failures = failure_reasons(items, store)
         return stats
     if backend is None:
         raise RuntimeError(f"stage {name}: {len(todo)} items to generate but no backend")
@@ -85,10 +103,16 @@ def run_stage(
             stats.completion_tokens += completion.completion_tokens
             store.append(record)
             bar.update()
+    except EndpointUnreachable as err:
+        done = stats.cached + stats.generated + stats.failed
+        raise EndpointUnreachable(
+            f"stage {name} stopped early, {done} of {len(items)} items done: {err}"
+        ) from None
     finally:
         store.flush()
         bar.close()
         stats.seconds = time.monotonic() - start
+    stats.failures = failure_reasons(items, store)
     return stats
 
 
@@ -96,8 +120,41 @@ def stored_stats(name: str, items: Sequence[Item], store: RecordStore) -> StageS
     """The stats of a stage left out of --stages: what its store holds, nothing generated."""
     return StageStats(
         name, total=len(items), cached=sum(store.is_ok(item.key) for item in items),
-        cut_short=int(store.dropped_line is not None),
+        cut_short=int(store.dropped_line is not None), failures=failure_reasons(items, store),
     )  # fmt: skip
+
+
+# What an example names of its record: enough to find the image and question it was about.
+EXAMPLE_FIELDS = ("image", "image_id", "question_type", "question", "kind")
+
+
+def failure_reasons(items: Sequence[Item], store: RecordStore, limit: int = 5) -> list[dict]:
+    """The stage's failed records counted per distinct reason, each with one example."""
+    counts: Counter[str] = Counter()
+    examples: dict[str, dict] = {}
+    for key in dict.fromkeys(item.key for item in items):
+        record = store.get(key)
+        if record is None or record.get("status") != FAILED:
+            continue
+        reason = str(record.get("error") or "no reason recorded")
+        counts[reason] += 1
+        examples.setdefault(reason, {k: _short(record[k]) for k in EXAMPLE_FIELDS
+                                     if record.get(k)})  # fmt: skip
+    ranked = counts.most_common()
+    failures = [
+        {"reason": reason, "count": count, "example": examples[reason]}
+        for reason, count in ranked[:limit]
+    ]
+    if len(ranked) > limit:
+        rest = ranked[limit:]
+        failures.append({"reason": f"{len(rest)} other reasons (see the stage's records)",
+                         "count": sum(c for _, c in rest), "example": {}})  # fmt: skip
+    return failures
+
+
+def _short(value: object, limit: int = 80) -> str:
+    text = " ".join(str(value).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def pending(

@@ -30,6 +30,17 @@ class StoreError(ValueError):
     """A record file is damaged beyond its last line; the message names file and line."""
 
 
+def _not_a_record(record: object) -> str | None:
+    """What keeps a decoded line from being a record, or None."""
+    if not isinstance(record, dict):
+        return "not a JSON object"
+    if not isinstance(record.get("key"), str):
+        return "no text 'key'"
+    if record.get("status") not in (OK, FAILED):
+        return f"'status' is {record.get('status')!r}, not {OK!r} or {FAILED!r}"
+    return None
+
+
 def record_key(**parts: object) -> str:
     """Content address of a record: a hash of the canonical JSON of what determines it."""
     blob = json.dumps(parts, sort_keys=True, ensure_ascii=False, default=str)
@@ -92,17 +103,20 @@ class RecordStore:
                 "%s: line %d was cut short by an interrupted write; dropped it, its item will "
                 "be generated again", self.path, self.dropped_line,
             )  # fmt: skip
-        for number, line in enumerate(data.decode("utf-8").splitlines(), start=1):
-            if not line.strip():
+        for number, raw in enumerate(data.split(b"\n"), start=1):
+            if not raw.strip():
                 continue
             try:
-                record = json.loads(line)
-                self.records[record["key"]] = record
-            except (json.JSONDecodeError, KeyError, TypeError) as err:
+                record = json.loads(raw.decode("utf-8"))
+                problem = _not_a_record(record)
+            except (UnicodeDecodeError, json.JSONDecodeError) as err:
+                problem = str(err)
+            if problem:
                 raise StoreError(
-                    f"{self.path}: line {number} is not a record ({err}); the file was edited "
-                    "or damaged: delete that line (or the file, to regenerate the stage)"
-                ) from err
+                    f"{self.path}: line {number} is not a record ({problem}); the file was "
+                    "edited or damaged: delete that line (or the file, to regenerate the stage)"
+                )
+            self.records[record["key"]] = record
 
     def __contains__(self, key: str) -> bool:
         return key in self.records

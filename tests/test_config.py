@@ -45,7 +45,7 @@ def test_unknown_yaml_option_names_file_and_option(tmp_path):
 
 
 def test_missing_config_file(tmp_path):
-    with pytest.raises(ConfigError, match="nope.yaml not found"):
+    with pytest.raises(ConfigError, match="nope.yaml: config file not found"):
         parse_config([TinyModelConfig], ["--config", str(tmp_path / "nope.yaml")], "t")
 
 

@@ -146,21 +146,37 @@ def test_a_crl_model_gets_its_good_token(stub, tmp_path):
     assert metrics["model"]["method"] == "crl" and metrics["model"]["conditioning"] == "good"
 
 
-def test_judge_failures_are_their_own_category(monkeypatch, tmp_path):
+def test_judge_failures_are_their_own_category(monkeypatch, tmp_path, capsys):
     monkeypatch.setenv("OPENAI_API_KEY", SECRET)
+    down = {"judge": True}
 
     def faults(body):
         text = last_user_text(body)
-        return "500" if "Answer with JSON only" in text and "mug" in text.lower() else None
+        mug = "Answer with JSON only" in text and "mug" in text.lower()
+        return "500" if mug and down["judge"] else None
 
     with stub_server(reply=scripted, faults=faults) as stub:
-        assert run(stub, tmp_path, "--max_retries", "0") == 1  # incomplete: exit 1
-    metrics = json.loads((tmp_path / "metrics.json").read_text())
+        assert run(stub, tmp_path, "--judge_max_retries", "0") == 1  # incomplete: exit 1
+        metrics = json.loads((tmp_path / "metrics.json").read_text())
+        out, table = capsys.readouterr().out, (tmp_path / "table.md").read_text()
+        down["judge"] = False  # the judge answers again: the retry completes the run
+        retry = f"macaroon eval --config {tmp_path / 'config.json'} --retry_failed true"
+        assert main(retry.split()[1:]) == 0
     failed = sum(t["failed"] for t in metrics["types"].values())
     assert failed > 0 and metrics["failed"] == failed
     assert all(
         t["judged"] + t["unparsed"] + t["failed"] == t["n"] for t in metrics["types"].values()
     )
+    # No AAR from verdicts that were never obtained, in either convention.
+    assert metrics["incomplete"] and metrics["missing_verdicts"] == failed
+    assert metrics["aar_all"] is None and metrics["aar"] is None
+    assert metrics["missing"]["judge_failed"] == failed
+    assert f"run incomplete: {failed} of 24 items have no verdict ({failed} judge calls" in out
+    assert "AAR 0" not in out and retry in out
+    assert f"judge: {failed} failed, by reason:" in out and "HTTP 500 after 1 attempt" in out
+    assert f"incomplete ({failed} without verdict)" in table and retry in table
+    done = json.loads((tmp_path / "metrics.json").read_text())
+    assert not done["incomplete"] and done["aar_all"] is not None
 
 
 def test_report_compares_runs_and_measures_agreement(stub, tmp_path, capsys):

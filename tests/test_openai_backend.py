@@ -11,6 +11,7 @@ from openai_stub import last_user_text, stub_server
 
 from pipeline.backends import (
     BackendConfig,
+    EndpointUnreachable,
     Request,
     Sampling,
     close_backend,
@@ -198,6 +199,35 @@ def test_connection_errors_are_retried():
     with OpenAIBackend("m", base_url=url, max_retries=2, backoff_base=0.01) as b:
         [done] = b.generate([ask("hi")])
     assert done.error.startswith("connection error after 3 attempts")
+
+
+def _closed_port_url() -> str:
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{sock.getsockname()[1]}/v1"
+
+
+def test_an_endpoint_that_is_down_stops_the_batch_with_one_message(caplog):
+    url = _closed_port_url()
+    got = []
+    with OpenAIBackend("m", base_url=url, max_retries=0, max_connection_failures=4) as b:
+        with pytest.raises(EndpointUnreachable) as stopped:
+            for completion in b.generate([ask(f"q{i}") for i in range(40)]):
+                got.append(completion)
+    message = str(stopped.value)
+    assert url in message and "4 requests in a row failed to connect" in message
+    assert "rerun the same command" in message and "exit 1" in message
+    assert got == []  # held back: nothing is recorded as failed, the rerun does them
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]  # no line per item
+
+
+def test_connection_failures_between_answers_are_the_items_own_failures():
+    # Two dropped connections, then answers: no endpoint is down, the two fail as items.
+    with stub_server(faults=["drop", "drop"]) as server:
+        with backend(server, max_retries=0, concurrency=1, max_connection_failures=3) as b:
+            done = generate_in_order(b, [ask(f"q{i}") for i in range(5)])
+    assert [c.ok for c in done] == [False, False, True, True, True]
+    assert done[0].error.startswith("connection error after 1 attempt")
 
 
 def test_concurrency_is_bounded():

@@ -286,7 +286,8 @@ def test_bad_inputs_fail_before_training(tiny_model, tmp_path, capsys):
 
     assert train("sft_after_multiturn", model, tmp_path / "no_reward", tmp_path / "o4",
                  "--multiturn_adapter", str(tmp_path / "nope")) == 2  # fmt: skip
-    assert "train `make train METHOD=multiturn` first" in capsys.readouterr().err
+    assert "--multiturn_adapter" in (err := capsys.readouterr().err)  # named as missing
+    assert "adapter folder not found" in err and "`macaroon train`" in err
 
     # More layers than the model has, or LoRA on top: refused before the model loads.
     no_dpo = tmp_path / "no_reward"

@@ -14,13 +14,26 @@ from pathlib import Path
 from pipeline.backends import Completion, Request
 from pipeline.backends.hf import HFBackend
 from pipeline.families.image_tokens import processor_kwargs
+from pipeline.model_source import model_errors
 from trainers.collator import with_reward_token
 from trainers.config import RECORD_FILE
 
 
 def read_record(folder: str | Path) -> dict | None:
+    """The training record in `folder`, or None where there is none (a base model)."""
     path = Path(folder) / RECORD_FILE
-    return json.loads(path.read_text()) if path.is_file() else None
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(
+            f"{path}: damaged ({err}); `macaroon train` writes it: retrain, or copy it from "
+            "the run's final folder"
+        ) from err
+    if not isinstance(record, dict):
+        raise ValueError(f"{path}: expected a JSON object (as `macaroon train` writes it)")
+    return record
 
 
 def conditioned(messages: list[dict], record: dict | None) -> list[dict]:
@@ -71,7 +84,8 @@ class TrainedModelBackend(HFBackend):
             self.processor = AutoProcessor.from_pretrained(adapter, **limits)
             self.processor.tokenizer.padding_side = "left"
             self.model.resize_token_embeddings(len(self.processor.tokenizer))
-        self.model = PeftModel.from_pretrained(self.model, adapter).eval()
+        with model_errors(adapter, "--adapter"):
+            self.model = PeftModel.from_pretrained(self.model, adapter).eval()
 
     def generate(self, requests: Sequence[Request]) -> Iterator[Completion]:
         if self.condition:

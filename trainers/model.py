@@ -8,6 +8,7 @@ from peft import LoraConfig
 
 from pipeline.families import family_of
 from pipeline.families.image_tokens import processor_kwargs
+from pipeline.model_source import model_errors
 
 
 def load_model_and_processor(
@@ -24,16 +25,16 @@ def load_model_and_processor(
     if dtype in (None, "auto"):  # bf16 on GPUs; exact float32 on CPU, where bf16 is no faster
         dtype = "bfloat16" if torch.cuda.is_available() else "float32"
     common = dict(revision=model_args.model_revision, trust_remote_code=trust_remote_code)
-    limits = processor_kwargs(
-        model_args.model_name_or_path, max_image_tokens, model_args.model_revision
-    )
-    processor = AutoProcessor.from_pretrained(model_args.model_name_or_path, **common, **limits)
-    model = AutoModelForImageTextToText.from_pretrained(
-        model_args.model_name_or_path,
-        dtype=getattr(torch, dtype),
-        attn_implementation=model_args.attn_implementation,
-        **common,
-    )
+    name = model_args.model_name_or_path
+    with model_errors(name, "--model_name_or_path"):  # named as missing, not as a disk error
+        limits = processor_kwargs(name, max_image_tokens, model_args.model_revision)
+        processor = AutoProcessor.from_pretrained(name, **common, **limits)
+        model = AutoModelForImageTextToText.from_pretrained(
+            name,
+            dtype=getattr(torch, dtype),
+            attn_implementation=model_args.attn_implementation,
+            **common,
+        )
     return model, processor
 
 

@@ -18,6 +18,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from datasets import Dataset, DatasetDict
 from pipeline.chat import stop_token_ids
 from pipeline.formats import REWARDS
+from pipeline.model_source import check_adapter
 from trainers.collator import PreferenceCollator, PromptCompletionCollator
 from trainers.config import (
     INIT_METHODS,
@@ -63,6 +64,7 @@ def init_record(cfg: MacaroonTrainConfig) -> dict | None:
     """The training record of --init_adapter (checked to be CRL or SFT), or None."""
     if not cfg.init_adapter:
         return None
+    check_adapter(cfg.init_adapter, "--init_adapter", contents=False)  # missing: "not found"
     path = Path(cfg.init_adapter) / RECORD_FILE
     if not path.is_file():
         raise DataError(
@@ -130,6 +132,8 @@ def check_start(cfg: MacaroonTrainConfig, model_args, trust_remote_code: bool = 
             "question types (unset it), and it trains a LoRA adapter (unset --train_last_layers)"
         )
     if cfg.method == "sft_after_multiturn":
+        if cfg.multiturn_adapter:
+            check_adapter(cfg.multiturn_adapter, "--multiturn_adapter", contents=False)
         adapter = Path(cfg.multiturn_adapter or "")
         record = adapter / RECORD_FILE
         if not cfg.multiturn_adapter or not record.is_file():

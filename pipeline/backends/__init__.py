@@ -50,6 +50,12 @@ class Request:
     response_format: dict | None = None
 
 
+class EndpointUnreachable(RuntimeError):
+    """An endpoint refused or could not be reached for a run of requests in a row: the stage
+    stops instead of failing every item one by one. Finished records are kept; the items it
+    did not get to are stored as nothing, so the rerun does them."""
+
+
 @dataclass(frozen=True)
 class Completion:
     """The answer to `requests[index]`: `text`, or `error` (a reason) when it failed."""
@@ -137,6 +143,12 @@ class BackendConfig:
                   "server's Retry-After asks for more."},
     )  # fmt: skip
     timeout: float = field(default=120.0, metadata={"help": "Seconds per request (openai)."})
+    max_connection_failures: int = field(
+        default=8,
+        metadata={"help": "Stop the stage when this many requests in a row cannot connect "
+                  "(refused, unknown host, TLS), each after its retries: the endpoint is down; "
+                  "finished records are kept (openai). 0 = never stop."},
+    )  # fmt: skip
     extended_sampling: bool | None = field(
         default=None,
         metadata={"help": "Send top_k, min_p and repetition_penalty, which OpenAI-compatible "
@@ -240,6 +252,7 @@ def open_backend(cfg: BackendConfig, extra_body: dict | None = None) -> Backend:
             cfg.model, base_url, cfg.api_key_env, cfg.concurrency, cfg.max_retries, cfg.timeout,
             extra_body=extra_body or None, max_retry_wait=cfg.max_retry_wait,
             extended_sampling=cfg.extended_sampling,
+            max_connection_failures=cfg.max_connection_failures,
         )  # fmt: skip
         backend.server = server  # stopped by close_backend
         return backend

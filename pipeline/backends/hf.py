@@ -8,6 +8,7 @@ from pipeline.backends import Completion, Request, Sampling
 from pipeline.chat import prompt_special_tokens, prompt_text, stop_token_ids
 from pipeline.families.image_tokens import processor_kwargs
 from pipeline.images import open_image
+from pipeline.model_source import model_errors
 
 
 class HFBackend:
@@ -31,12 +32,13 @@ class HFBackend:
         if dtype == "auto":  # bf16 where the hardware has it; float32 on CPU for exactness
             dtype = "bfloat16" if self.device.startswith("cuda") else "float32"
         common = dict(revision=revision, trust_remote_code=trust_remote_code)
-        limits = processor_kwargs(model, max_image_tokens, revision)
-        self.processor = AutoProcessor.from_pretrained(model, **common, **limits)
+        with model_errors(model):  # a model that is not there is named as such
+            limits = processor_kwargs(model, max_image_tokens, revision)
+            self.processor = AutoProcessor.from_pretrained(model, **common, **limits)
+            self.model = AutoModelForImageTextToText.from_pretrained(
+                model, dtype=getattr(torch, dtype), **common
+            ).to(self.device)
         self.processor.tokenizer.padding_side = "left"  # decoder-only batching needs it
-        self.model = AutoModelForImageTextToText.from_pretrained(
-            model, dtype=getattr(torch, dtype), **common
-        ).to(self.device)
         self.model.eval()
         self._ids_only_generation_config()
 

@@ -28,7 +28,7 @@ from urllib.parse import urlsplit
 
 import openai
 
-from pipeline.backends import Completion, Request
+from pipeline.backends import Completion, EndpointUnreachable, Request
 
 try:
     from aiohttp import ClientError as _AiohttpError
@@ -46,6 +46,7 @@ MIME_TYPES = {
     ".gif": "image/gif",
 }
 RETRYABLE_STATUS = {408, 409, 429}
+CONNECTION_ERROR = "connection error"  # refused, unknown host, TLS: nothing answered
 _DONE = object()  # queue sentinel: the batch task has finished
 
 
@@ -77,9 +78,12 @@ class OpenAIBackend:
         extra_body: dict | None = None,
         max_retry_wait: float = 60.0,
         extended_sampling: bool | None = None,
+        max_connection_failures: int = 8,
     ) -> None:
-        if concurrency < 1 or max_retries < 0:
-            raise ValueError("concurrency must be >= 1 and max_retries >= 0")
+        if concurrency < 1 or max_retries < 0 or max_connection_failures < 0:
+            raise ValueError(
+                "concurrency must be >= 1, max_retries and max_connection_failures >= 0"
+            )
         self.model_id = model
         # Resolve the URL ourselves (as the client would) so the loopback check is right.
         self.base_url = base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL
@@ -91,6 +95,9 @@ class OpenAIBackend:
         self.backoff_max = backoff_max
         self.extra_body = extra_body
         self.max_retry_wait = max_retry_wait
+        # An endpoint that is down fails every request alike: after this many in a row
+        # could not connect (each after its retries), generate() stops (0: never).
+        self.max_connection_failures = max_connection_failures
         # OpenAI's own API refuses top_k & co.; every other server gets them, so that its
         # model's generation defaults (vLLM applies generation_config.json) never replace ours.
         if extended_sampling is None:
@@ -118,17 +125,37 @@ class OpenAIBackend:
         out: queue.Queue = queue.Queue()
         task = _call_on(loop, self._start_batch(requests, out))
         finished = False
+        unreachable: list[Completion] = []  # connection failures in a row, held back
         try:
             while (item := out.get()) is not _DONE:
                 if isinstance(item, BaseException):  # the batch itself broke: a bug
                     raise item
-                yield item
+                completion, connection_failed = item
+                if connection_failed and self.max_connection_failures:
+                    unreachable.append(completion)
+                    if len(unreachable) >= self.max_connection_failures:
+                        # Held back, so nothing records them as failed: the rerun does them.
+                        raise EndpointUnreachable(self._unreachable(unreachable))
+                    continue
+                yield from unreachable  # a request got through: those were its own failures
+                unreachable.clear()
+                yield completion
+            yield from unreachable
             finished = True
         finally:
             # The consumer stopped early (generator closed, Ctrl-C): cancel the requests
             # still running, unless close() has already ended them with the loop.
             if not finished and not loop.is_closed():
                 _call_on(loop, _cancel_and_wait(task), timeout=30)
+
+    def _unreachable(self, failures: list[Completion]) -> str:
+        return (
+            f"the endpoint {self.base_url} could not be reached: {len(failures)} requests in "
+            f"a row failed to connect ({failures[-1].error}). Check that its server is "
+            "running and the URL (--base_url, --judge_base_url) is right, then rerun the same "
+            "command: finished records are kept and it goes on from there (exit 1: the run is "
+            "incomplete)"
+        )
 
     def close(self) -> None:
         with self._lock:
@@ -193,11 +220,12 @@ class OpenAIBackend:
 
     # ---- one request ----------------------------------------------------------------
 
-    async def _complete(self, index: int, request: Request) -> Completion:
+    async def _complete(self, index: int, request: Request) -> tuple[Completion, bool]:
+        """The request's completion, and whether it failed because nothing could connect."""
         try:
             body = self._body(request)
         except (OSError, ValueError) as exc:  # missing image, placeholder mismatch
-            return Completion(index, None, error=self._redact(f"bad request: {exc}"))
+            return Completion(index, None, error=self._redact(f"bad request: {exc}")), False
         attempts = self.max_retries + 1
         for attempt in range(attempts):
             try:
@@ -206,11 +234,11 @@ class OpenAIBackend:
                 # params and the model building of the response, the client's largest
                 # per-request costs, which plain dicts do not need. Errors are the same.
                 data = await self._client.post("/chat/completions", body=body, cast_to=object)
-                return _to_completion(index, data)
+                return _to_completion(index, data), False
             except (openai.OpenAIError, json.JSONDecodeError, _InvalidBody) as exc:
                 failure = self._classify(exc)
             if not failure.retryable:
-                return self._failed(index, failure, attempt + 1)
+                return self._failed(index, failure, attempt + 1), False
             if attempt + 1 < attempts:
                 wait = self._backoff(attempt, failure.retry_after)
                 reason = self._redact(failure.kind)
@@ -222,7 +250,7 @@ class OpenAIBackend:
                     )  # fmt: skip
                 log.debug("request %d: %s; retry %d in %.2f s", index, reason, attempt + 1, wait)
                 await asyncio.sleep(wait)
-        return self._failed(index, failure, attempts)
+        return self._failed(index, failure, attempts), failure.kind == CONNECTION_ERROR
 
     def _body(self, request: Request) -> dict:
         s = request.sampling
@@ -253,7 +281,7 @@ class OpenAIBackend:
         if isinstance(exc, openai.APITimeoutError) and _timed_out(exc):
             return _Failure("timeout", f"no response within {self.timeout:g} s", True)
         if isinstance(exc, openai.APIConnectionError):
-            return _Failure("connection error", _root_cause(exc), True)
+            return _Failure(CONNECTION_ERROR, _root_cause(exc), True)
         if isinstance(exc, openai.APIStatusError):
             status = exc.status_code
             retryable = status in RETRYABLE_STATUS or status >= 500
@@ -269,7 +297,9 @@ class OpenAIBackend:
         plural = "s" if attempts != 1 else ""
         reason = f"{failure.kind} after {attempts} attempt{plural}: {_shorten(failure.detail)}"
         reason = self._redact(reason)
-        log.warning("request %d failed: %s", index, reason)
+        # Connection failures are summed up by the stage (or stop it), not one line each.
+        level = logging.DEBUG if failure.kind == CONNECTION_ERROR else logging.WARNING
+        log.log(level, "request %d failed: %s", index, reason)
         return Completion(index, None, error=reason)
 
     def _redact(self, text: str) -> str:
