@@ -53,6 +53,10 @@ class Plan:
     generation: dict = field(default_factory=dict)  # eval options: backend, max_tokens, ...
     train: dict = field(default_factory=dict)  # overrides for every row
     published: str | None = None  # YAML of the paper's figures, shown beside ours
+    # How training stages start when one process is not enough: a launcher's command line
+    # (e.g. [accelerate, launch, --config_file, configs/accelerate/zero2.yaml]), to which
+    # `-m commands.cli train --config ROW.yaml` is added. Unset: in this process.
+    train_launch: list[str] | None = None
 
     def row(self, name: str) -> Row:
         return next(r for r in self.rows if r.name == name)
@@ -181,6 +185,14 @@ def _check(plan: Plan) -> None:
     for row in plan.rows:
         if row.method != BASE:
             _check_train_options(plan, row)
+    launch = plan.train_launch
+    if launch is not None and not (
+        isinstance(launch, list) and all(isinstance(a, str) for a in launch)
+    ):
+        raise PlanError(
+            f"{where}: `train_launch` must be a list of words, e.g. [accelerate, "
+            "launch, --config_file, configs/accelerate/zero2.yaml]"
+        )
     _check_files(plan)
     _check_data(plan)
     _check_types(plan)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
 import time
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
@@ -416,6 +417,10 @@ def _run_train(plan: Plan, stage: Stage, out: Path, judge_url) -> tuple[int, dic
             "prompts": plan.prompts,
         }
     config = _write_yaml(out / "rows" / row.name / "train.yaml", options)
+    if plan.train_launch:  # several processes (accelerate): the same command, launched
+        argv = [*plan.train_launch, "-m", "commands.cli", "train", "--config", str(config)]
+        print(f"  launching: {' '.join(argv)}", flush=True)
+        return subprocess.run(argv, check=False).returncode, {}
     return cmd_train(["--config", str(config)]), {}
 
 

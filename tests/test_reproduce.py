@@ -181,6 +181,8 @@ def test_tiny_plan_end_to_end_killed_resumed_and_one_row_edited(
         edited = yaml.safe_load(plan.read_text())
         row = next(r for r in edited["rows"] if r["name"] == "multiturn")
         row["train"] = {**row.get("train", {}), "learning_rate": 5.0e-4}
+        # Training launched as a command (as under accelerate), a runtime knob: not keyed.
+        edited["train_launch"] = [sys.executable]
         plan.write_text(yaml.safe_dump(edited))
         wanted = {"train multiturn", "eval multiturn", "train sft_after_multiturn",
                   "eval sft_after_multiturn"}  # fmt: skip
@@ -190,4 +192,6 @@ def test_tiny_plan_end_to_end_killed_resumed_and_one_row_edited(
                 if line.startswith("  to run")} == wanted  # fmt: skip
         assert "changed: options" in listed
         assert main(argv) == 0
-        assert _started(capsys.readouterr().out) == wanted
+        output = capsys.readouterr().out
+        assert _started(output) == wanted
+        assert output.count(f"launching: {sys.executable} -m commands.cli train") == 2
