@@ -135,7 +135,10 @@ def _eval(cfg: EvalConfig, out: Path) -> dict:
 
 
 def _conditioning(cfg: EvalConfig) -> dict | None:
-    """The training record of the model under test, its `conditioning` as this run uses it."""
+    """The training record of the model under test, its `conditioning` as this run uses it.
+
+    `cfg`: any config with `model`, `adapter` and `conditioning` (lmms_model.AnswerConfig too).
+    """
     if cfg.adapter:
         check_adapter(cfg.adapter)  # missing is "not found", not "no macaroon.json"
     record = read_record(cfg.adapter) if cfg.adapter else read_record(cfg.model)
@@ -168,6 +171,8 @@ def _answerer_identity(cfg: EvalConfig, record: dict | None) -> dict:
 
 
 def _answer_backend(cfg: EvalConfig) -> Backend:
+    """The model under test, on its backend (an adapter: hf, its messages left to the caller
+    to condition with `conditioned`)."""
     if not cfg.adapter:
         return open_backend(cfg)
     if cfg.backend != "hf":
@@ -176,6 +181,11 @@ def _answer_backend(cfg: EvalConfig) -> Backend:
             "and pass OUT/merged as --model"
         )
     return on_executor(cfg, partial(_adapter_backend, replace(cfg, executor="local")))
+
+
+# What evaluation/lmms_model.py shares with `macaroon eval`: the same model, conditioned alike.
+conditioning_record = _conditioning
+answer_backend = _answer_backend
 
 
 def _adapter_backend(cfg: EvalConfig) -> Backend:
