@@ -18,18 +18,19 @@ def cmd_eval_general(argv: Sequence[str]) -> int:
             "lmms-eval is not installed; `make setup` installs it (the `lmms` extra), or "
             "pip install -e '.[lmms]'"
         ) from None
-    from evaluation.general import GeneralConfig, run_general
+    from evaluation.general import GeneralConfig, run_general, task_manager
     from pipeline.backends import BackendConfig
     from pipeline.model_source import check_adapter
 
     (cfg,) = parse_config([GeneralConfig], argv, "macaroon eval-general")
     with folder_lock(cfg.out):  # before any model loads: a refused run does nothing
+        manager = task_manager(cfg)  # every task and data file checked first
         if cfg.adapter:
             check_adapter(cfg.adapter)
         if not cfg.adapter or cfg.model != BackendConfig.model:
             ensure_default_model(cfg.model)
             check_backend_model(cfg)
-        report = run_general(cfg)
+        report = run_general(cfg, manager=manager)
     print(general_summary(report, cfg.out))
     return 1 if report["failed_answers"] else 0
 

@@ -17,6 +17,7 @@ own task YAML and replaces only where the rows come from (`dataset_path: parquet
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import re
@@ -106,11 +107,18 @@ def local_files(data: str | Path, task: str) -> tuple[str, dict[str, str]]:
     return loaders.pop(), {p.stem: str(p.resolve()) for p in found}
 
 
-def write_overrides(tasks: list[str], data: str | Path, folder: Path) -> Path:
-    """OUT/lmms_tasks/TASK.yaml for each task: lmms-eval's own YAML, the rows from `data`."""
+@functools.cache
+def lmms_task_index() -> dict[str, dict]:
+    """lmms-eval's own tasks by name (type, yaml_path): it walks some 340 task folders, so
+    once per process."""
     from lmms_eval.tasks import TaskManager
 
-    index = TaskManager(verbosity="ERROR").task_index
+    return dict(TaskManager(verbosity="ERROR").task_index)
+
+
+def write_overrides(tasks: list[str], data: str | Path, folder: Path) -> Path:
+    """OUT/lmms_tasks/TASK.yaml for each task: lmms-eval's own YAML, the rows from `data`."""
+    index = lmms_task_index()
     folder.mkdir(parents=True, exist_ok=True)
     for task in tasks:
         if task not in index or index[task]["type"] != "task":
@@ -130,26 +138,32 @@ def write_overrides(tasks: list[str], data: str | Path, folder: Path) -> Path:
     return folder
 
 
-def run_general(cfg: GeneralConfig, model=None) -> dict:
+def task_manager(cfg: GeneralConfig):
+    """lmms-eval's task index for the run: its own tasks (`hub`), or the overrides that read
+    local files (written to OUT/lmms_tasks); every task and file checked, no model loaded."""
+    from lmms_eval.tasks import TaskManager
+
+    if cfg.data == "hub":
+        return TaskManager(verbosity="ERROR")
+    data = BUNDLED if cfg.data == "bundled" else Path(cfg.data)
+    folder = write_overrides(cfg.task_names(), data, Path(cfg.out) / "lmms_tasks")
+    return TaskManager(verbosity="ERROR", include_path=str(folder), include_defaults=False)
+
+
+def run_general(cfg: GeneralConfig, model=None, manager=None) -> dict:
     """Run the tasks; returns general.json's content (also written to OUT/general.json).
 
-    `model`: an lmms-eval model to use instead of building one from `cfg` (tests)."""
+    `model`: an lmms-eval model to use instead of building one from `cfg` (tests);
+    `manager`: the task index `task_manager(cfg)` made."""
     from lmms_eval.evaluator import simple_evaluate
-    from lmms_eval.tasks import TaskManager
 
     from evaluation.lmms_model import MacaroonLMM
 
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
+
     tasks = cfg.task_names()
-    if cfg.data == "hub":
-        manager = TaskManager(verbosity="ERROR")
-    else:
-        data = BUNDLED if cfg.data == "bundled" else Path(cfg.data)
-        manager = TaskManager(
-            verbosity="ERROR", include_path=str(write_overrides(tasks, data, out / "lmms_tasks")),
-            include_defaults=False,
-        )  # fmt: skip
+    manager = manager or task_manager(cfg)
     answerer = model or MacaroonLMM(AnswerConfig(**_answer_options(cfg)), seed=cfg.seed)
     started = time.monotonic()
     try:
