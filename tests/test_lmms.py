@@ -169,3 +169,21 @@ def test_eval_general_refuses_unknown_tasks_and_missing_data(tmp_path, capsys):
     assert main(["eval-general", "--data", str(empty), "--tasks", "pope",
                  "--out", str(tmp_path / "b")]) == 2  # fmt: skip
     assert "no pope/SPLIT.parquet (or .jsonl) there" in capsys.readouterr().err
+
+
+def test_lmms_eval_finds_our_model_through_the_entry_point():
+    """pyproject.toml registers `--model macaroon` (an installed copy reads it from there;
+    the manifest is registered by hand here, as lmms-eval does with entry points)."""
+    import tomllib
+
+    from lmms_eval.models import MODEL_REGISTRY_V2, get_model
+
+    from evaluation.lmms_model import MacaroonLMM
+    from evaluation.lmms_plugin import MANIFEST
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    assert project["entry-points"]["lmms_eval.models"]["macaroon"] == (
+        "evaluation.lmms_plugin:MANIFEST"
+    )
+    MODEL_REGISTRY_V2.register_manifest(MANIFEST, overwrite=True)
+    assert get_model("macaroon") is MacaroonLMM
