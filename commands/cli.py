@@ -18,6 +18,7 @@ from commands.demo import run_demo
 from commands.docs import cmd_docs
 from commands.errors import explain
 from commands.evaluate import cmd_eval, cmd_report
+from commands.general import cmd_eval_general
 from commands.reproduce import cmd_reproduce
 from commands.train import cmd_train
 
@@ -41,7 +42,11 @@ COMMANDS: dict[str, tuple[str, Callable[[Sequence[str]], int]]] = {
         lambda argv: cmd_eval(argv, "macaroon judge", "judge,report"),
     ),
     "report": ("metrics, table, plot; compare runs; judge agreement", cmd_report),
-    "eval": ("generate -> judge -> report on PIE", cmd_eval),
+    "eval": ("generate -> judge -> report on PIE (or --benchmark NAME)", cmd_eval),
+    "eval-general": (
+        "capability retention: lmms-eval tasks (POPE, MME, ScienceQA-IMG) -> general.json",
+        cmd_eval_general,
+    ),
     "reproduce": (
         "the paper's table: every METHOD trained, judged by one judge, tabulated",
         cmd_reproduce,

@@ -183,6 +183,7 @@ def command_configs() -> list[tuple[str, type]]:
     from commands.demo import DemoConfig
     from commands.evaluate import ReportConfig
     from commands.reproduce import ReproduceConfig
+    from evaluation.general import GeneralConfig
     from evaluation.run import EvalConfig
     from imagination.imagine import ImagineConfig
     from pipeline.tiny_model import TinyModelConfig
@@ -194,6 +195,7 @@ def command_configs() -> list[tuple[str, type]]:
          MacaroonTrainConfig),
         ("macaroon train METHOD=grpo: the reward judge", RewardJudgeConfig),
         ("macaroon eval / generate / judge", EvalConfig),
+        ("macaroon eval-general (lmms-eval tasks: capability retention)", GeneralConfig),
         ("macaroon report", ReportConfig),
         ("macaroon browse", BrowseConfig),
         ("macaroon import", ImportConfig),

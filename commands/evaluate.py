@@ -84,6 +84,12 @@ def eval_report(metrics: dict, out: str) -> str:
             f"  {metrics['truncated']} of {metrics['n']} answers hit --max_tokens and were "
             "judged as cut off; raise it if that is not what you meant to test"
         )
+    bench = metrics.get("benchmark")
+    if bench:
+        figures = ", ".join(f"{k} {_rate(v, 3)}" for k, v in bench.items()
+                            if isinstance(v, float) or v is None)  # fmt: skip
+        lines.append(f"  {bench['name']} (its own scoring): {figures}")
+        lines.append(f"  source: {bench['citation']}")
     lines.append(f"  results in {out} (metrics.json, table.md, plot.png, browse.html)")
     return "\n".join(lines)
 
@@ -139,10 +145,15 @@ def cmd_report(argv: Sequence[str]) -> int:
             raise FileNotFoundError(f"{run}: no metrics.json; run `macaroon eval` there first")
         metrics.append(check_metrics(read_json_file(path, "metrics", REWRITE.format(run)), path))
     items = [read_items(run) for run in runs]  # before writing anything
+    # `make eval-general OUT=RUN` beside `make eval OUT=RUN`: capability next to engagement.
+    general = {m["name"]: read_json_file(Path(run) / "general.json", "general", "rerun "
+                                         "macaroon eval-general --out " + run)
+               for m, run in zip(metrics, runs, strict=True)
+               if (Path(run) / "general.json").is_file()}  # fmt: skip
     types = list(dict.fromkeys(t for m in metrics for t in m["types"]))
     out = Path(cfg.out or (runs[0] if len(runs) == 1 else "outputs/eval/compare"))
     out.mkdir(parents=True, exist_ok=True)
-    write_reports(metrics, types, out)
+    write_reports(metrics, types, out, general)
     write_compare(metrics, items, out / "browse.html", out / "plot.png")
     print((out / "table.md").read_text())
     if cfg.agreement:

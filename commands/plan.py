@@ -57,6 +57,9 @@ class Plan:
     # (e.g. [accelerate, launch, --config_file, configs/accelerate/zero2.yaml]), to which
     # `-m commands.cli train --config ROW.yaml` is added. Unset: in this process.
     train_launch: list[str] | None = None
+    # lmms-eval tasks every row also answers (`macaroon eval-general`): a column each.
+    general_tasks: list[str] = field(default_factory=list)
+    general_data: str = "bundled"  # bundled | hub | a folder of TASK/SPLIT.parquet
 
     def row(self, name: str) -> Row:
         return next(r for r in self.rows if r.name == name)
@@ -182,6 +185,7 @@ def _check(plan: Plan) -> None:
         if row.method == BASE and row.train:
             raise PlanError(f"{where}: row {row.name!r}: a base row trains nothing; remove `train`")
     _check_cycles(plan)
+    _check_general(plan)
     for row in plan.rows:
         if row.method != BASE:
             _check_train_options(plan, row)
@@ -196,6 +200,21 @@ def _check(plan: Plan) -> None:
     _check_files(plan)
     _check_data(plan)
     _check_types(plan)
+
+
+def _check_general(plan: Plan) -> None:
+    tasks = plan.general_tasks
+    if not isinstance(tasks, list) or not all(isinstance(t, str) and t for t in tasks):
+        raise PlanError(
+            f"{plan.path}: `general_tasks` must be a list of lmms-eval task names, "
+            "e.g. [pope, mme, scienceqa_img]"
+        )
+    data = plan.general_data
+    if tasks and data not in ("bundled", "hub") and not resolve_path(str(data)).is_dir():
+        raise PlanError(
+            f"{plan.path}: general_data {data}: not found; give bundled, hub or a folder of "
+            "TASK/SPLIT.parquet files"
+        )
 
 
 def _check_cycles(plan: Plan) -> None:

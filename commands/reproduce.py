@@ -113,6 +113,9 @@ def plan_stages(plan: Plan, out: Path) -> list[Stage]:
         stages.append(
             Stage(f"eval {row.name}", "eval", row, out / "rows" / row.name / "eval", parent)
         )
+        if plan.general_tasks:
+            folder = out / "rows" / row.name / "general"
+            stages.append(Stage(f"general {row.name}", "general", row, folder, parent))
     records = _records(out)
     by_name = {s.name: s for s in stages}
     for stage in stages:
@@ -178,6 +181,13 @@ def _parts(plan: Plan, stage: Stage, by_name: dict[str, Stage], records: dict) -
             parts["judge"] = _judge_identity(plan)
         return parts
     trained = by_name.get(f"train {stage.row.name}")
+    if stage.kind == "general":
+        return {
+            "model": base if trained is None else trained.key,
+            "tasks": plan.general_tasks,
+            "data": _general_data_identity(plan),
+            "backend": plan.generation.get("backend", "hf"),
+        }
     return {
         "model": base if trained is None else trained.key,
         "pie": _pie_hash(plan),
@@ -193,6 +203,17 @@ def _general_hash(plan: Plan, row: Row) -> str | None:
 
     general = row.train["general"] if "general" in row.train else plan.general
     return tree_hash(resolve_path(general)) if general else None
+
+
+def _general_data_identity(plan: Plan) -> str:
+    """The general tasks' rows: by content when local, by name for the Hub's."""
+    from evaluation.general import BUNDLED
+    from pipeline.fingerprint import tree_hash
+
+    data = plan.general_data
+    if data == "hub":
+        return "hub"
+    return tree_hash(BUNDLED if data == "bundled" else resolve_path(data))
 
 
 def _short(value: object) -> str:
@@ -285,6 +306,8 @@ def _outputs_exist(stage: Stage) -> bool:
         return (stage.folder / "dataset").is_dir()
     if stage.kind == "train":
         return (stage.folder / "macaroon.json").is_file()
+    if stage.kind == "general":
+        return (stage.folder / "general.json").is_file()
     return (stage.folder / "metrics.json").is_file() and (stage.folder / "items.jsonl").is_file()
 
 
@@ -451,7 +474,28 @@ def _run_eval(plan: Plan, stage: Stage, out: Path, judge_url) -> tuple[int, dict
     return code, {"model_calls": metrics["model_calls"]}
 
 
-RUNNERS = {"data": _run_data, "train": _run_train, "eval": _run_eval}
+def _run_general(plan: Plan, stage: Stage, out: Path, judge_url) -> tuple[int, dict]:
+    from commands.general import cmd_eval_general
+
+    row = stage.row
+    options = {
+        "model": plan.model,
+        "revision": plan.revision,
+        "backend": plan.generation.get("backend", "hf"),
+        "name": row.name,
+        "tasks": ",".join(plan.general_tasks),
+        "data": plan.general_data
+        if plan.general_data in ("bundled", "hub")
+        else str(resolve_path(plan.general_data)),
+        "out": str(stage.folder),
+    }
+    if row.method != BASE:
+        options["adapter"] = str(out / "rows" / row.name / "adapter")
+    config = _write_yaml(out / "rows" / row.name / "general.yaml", options)
+    return cmd_eval_general(["--config", str(config)]), {}
+
+
+RUNNERS = {"data": _run_data, "train": _run_train, "eval": _run_eval, "general": _run_general}
 
 
 def _ran_with(path: Path) -> dict:
@@ -468,6 +512,7 @@ def _write_yaml(path: Path, options: dict) -> Path:
 def write_outputs(plan: Plan, out: Path, stages: list[Stage]) -> None:
     """table.md, table.csv, plot.png, browse.html and plan.lock.yaml from the rows' runs."""
     from evaluation.compare import read_items, write_compare
+    from evaluation.report import capability_plot
     from evaluation.reproduction import (
         check_comparable,
         load_published,
@@ -481,11 +526,22 @@ def write_outputs(plan: Plan, out: Path, stages: list[Stage]) -> None:
     for stage in evals:  # the table names a row's METHOD as the plan does
         runs[stage.row.name].setdefault("model", {})["plan_method"] = stage.row.method
     check_comparable(runs)
+    general = {
+        s.row.name: json.loads((s.folder / "general.json").read_text())
+        for s in stages
+        if s.kind == "general" and (s.folder / "general.json").is_file()
+    }
     types = list(dict.fromkeys(t for m in runs.values() for t in m["types"]))
     published, note = load_published(plan.published and resolve_path(plan.published), plan.model)
-    (out / "table.md").write_text(table_md(runs, types, published, note), encoding="utf-8")
-    (out / "table.csv").write_text(table_csv(runs, types, published), encoding="utf-8")
+    (out / "table.md").write_text(table_md(runs, types, published, note, general), encoding="utf-8")
+    (out / "table.csv").write_text(table_csv(runs, types, published, general), encoding="utf-8")
     plot(runs, types, published, out / "plot.png")
+    if general:
+        capability_plot(
+            [(n, m.get("aar_all"), (general.get(n) or {}).get("general_score"))
+             for n, m in runs.items()],
+            out / "capability.png",
+        )  # fmt: skip
     items = [read_items(s.folder) for s in evals]
     write_compare(list(runs.values()), items, out / "browse.html", out / "plot.png")
     lock = plan_lock(plan, out, runs, stages, _records(out))

@@ -141,7 +141,72 @@ def plot(runs: list[dict], types: list[str], path: Path) -> None:
     plt.close(fig)
 
 
-def write_reports(runs: list[dict], types: list[str], out: Path) -> None:
-    """OUT/table.md and OUT/plot.png for `runs` (metrics.json contents)."""
-    (out / "table.md").write_text(table(runs, types), encoding="utf-8")
+def general_tasks(general: dict[str, dict]) -> list[str]:
+    """The general tasks any run has, in first-seen order."""
+    return list(dict.fromkeys(t for g in general.values() for t in g.get("tasks", {})))
+
+
+def general_table(runs: list[dict], general: dict[str, dict]) -> list[str]:
+    """Engagement beside capability: per run its AAR (both conventions), each general task's
+    score (lmms-eval's own figure) and the general score (their mean on a 0-1 scale)."""
+    tasks = general_tasks(general)
+    header = ["model", "AAR (all items)", "AAR (judged)", *tasks, "general score"]
+    lines = ["**Engagement and capability** (general tasks: `macaroon eval-general`, "
+             "lmms-eval's scoring):", "", "| " + " | ".join(header) + " |",
+             "|" + "---|" * len(header)]  # fmt: skip
+    for run in runs:
+        mine = general.get(run["name"]) or {}
+        scores = [_score((mine.get("tasks", {}).get(t) or {}).get("score")) for t in tasks]
+        aar = ["–", "–"] if missing_verdicts(run) else [_pct(run.get("aar_all")),
+                                                         _pct(run.get("aar"))]  # fmt: skip
+        lines.append("| " + " | ".join([run["name"], *aar, *scores,
+                                         _pct(mine.get("general_score"))]) + " |")  # fmt: skip
+    metrics = ", ".join(f"{t}: {(g['tasks'][t]['metric'])}" for g in general.values()
+                        for t in g.get("tasks", {}))  # fmt: skip
+    data = sorted({str(g.get("data")) for g in general.values()})
+    return [*lines, "", f"Scores: {metrics}; data: {', '.join(data)}.", ""]
+
+
+def _score(value: float | None) -> str:
+    return "–" if value is None else f"{value:.3g}"
+
+
+def capability_plot(points: list[tuple[str, float | None, float | None]], path: Path) -> bool:
+    """Engagement (AAR over all items) against capability (general score), one point per
+    model; False (no file) when no model has both."""
+    shown = [(n, x, y) for n, y, x in points if x is not None and y is not None]
+    if not shown:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 4))
+    for name, x, y in shown:
+        ax.scatter([x], [y])
+        ax.annotate(name, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("capability: general score (mean of task scores, 0-1)", fontsize=8)
+    ax.set_ylabel("engagement: AAR over all items (PIE)", fontsize=8)
+    ax.set_title("up and right: engaged and still capable", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
+def write_reports(
+    runs: list[dict], types: list[str], out: Path, general: dict[str, dict] | None = None
+) -> None:
+    """OUT/table.md and OUT/plot.png for `runs` (metrics.json contents); with `general`
+    (run name -> general.json), the capability table and OUT/capability.png too."""
+    text = table(runs, types)
+    if general:
+        text += "\n" + "\n".join(general_table(runs, general))
+        points = [(r["name"], None if missing_verdicts(r) else r.get("aar_all"),
+                   (general.get(r["name"]) or {}).get("general_score")) for r in runs]  # fmt: skip
+        capability_plot(points, out / "capability.png")
+    (out / "table.md").write_text(text, encoding="utf-8")
     plot(runs, types, out / "plot.png")

@@ -17,7 +17,7 @@ from pathlib import Path
 import yaml
 
 from evaluation.metrics import DEFINITIONS
-from evaluation.report import incomplete_note, missing_verdicts
+from evaluation.report import general_tasks, incomplete_note, missing_verdicts
 
 CONVENTIONS = (
     ("_all", "over all items (the original code's convention; comparable to the paper)"),
@@ -70,9 +70,17 @@ def _method(metrics: dict) -> str:
     return model.get("plan_method") or model.get("method") or "base"
 
 
-def table_rows(runs: dict[str, dict], types: list[str], published: list[dict]) -> list[dict]:
-    """One flat record per row and convention: the cells of table.md and table.csv."""
+def table_rows(
+    runs: dict[str, dict],
+    types: list[str],
+    published: list[dict],
+    general: dict[str, dict] | None = None,
+) -> list[dict]:
+    """One flat record per row and convention: the cells of table.md and table.csv; with
+    `general` (row -> general.json), a column per general task and the general score."""
     records = []
+    general = general or {}
+    tasks = general_tasks(general)
     for name, metrics in runs.items():
         for suffix, _ in CONVENTIONS:
             record = {
@@ -90,6 +98,11 @@ def table_rows(runs: dict[str, dict], types: list[str], published: list[dict]) -
             record["without verdict"] = missing_verdicts(metrics)
             low, high = metrics.get("aar_ci95" + suffix) or (None, None)
             record["AAR 95% low"], record["AAR 95% high"] = low, high
+            mine = general.get(name) or {}
+            for task in tasks:
+                record[f"general: {task}"] = (mine.get("tasks", {}).get(task) or {}).get("score")
+            if tasks:
+                record["general score"] = mine.get("general_score")
             records.append(record)
     for row in published:
         record = {
@@ -105,15 +118,23 @@ def table_rows(runs: dict[str, dict], types: list[str], published: list[dict]) -
     return records
 
 
-def table_md(runs: dict[str, dict], types: list[str], published: list[dict], note: str) -> str:
-    records = table_rows(runs, types, published)
+def table_md(
+    runs: dict[str, dict],
+    types: list[str],
+    published: list[dict],
+    note: str,
+    general: dict[str, dict] | None = None,
+) -> str:
+    records = table_rows(runs, types, published, general)
+    tasks = general_tasks(general or {})
+    extra = [f"general: {t}" for t in tasks] + (["general score"] if tasks else [])
     lines = ["# Reproduction: every row, one judge", ""]
     for suffix, title in CONVENTIONS:
         convention = "all items" if suffix else "judged items"
         mine = [r for r in records if r["convention"] == convention]
         if not mine:
             continue
-        header = ["row", "method", *types, "AAR [95% CI]"]
+        header = ["row", "method", *types, "AAR [95% CI]", *extra]
         lines += [
             f"## Align Rate {title}",
             "",
@@ -136,6 +157,7 @@ def table_md(runs: dict[str, dict], types: list[str], published: list[dict], not
                 cells.append(f"incomplete ({r['without verdict']} without verdict)")
             else:
                 cells.append(_num(r.get("AAR")) + interval)
+            cells += [_general(r.get(column)) for column in extra]
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
     judge = next(iter(runs.values())).get("judge", {}) if runs else {}
@@ -147,6 +169,16 @@ def table_md(runs: dict[str, dict], types: list[str], published: list[dict], not
         note,
         "",
         "A cell '–' has no figure (no verdict, or none published).",
+        *(
+            [
+                "Columns `general: TASK` are lmms-eval's own score of each general task "
+                "(`macaroon eval-general`: POPE accuracy, MME perception score, ScienceQA-IMG "
+                "exact match, ...); `general score` is their mean, each on a 0-1 scale "
+                "(capability.png plots it against the AAR).",
+            ]
+            if tasks
+            else []
+        ),
         "",
         *DEFINITIONS.splitlines(),
     ]
@@ -159,8 +191,13 @@ def table_md(runs: dict[str, dict], types: list[str], published: list[dict], not
     return "\n".join([*lines, "", "Health:", *health, *notes]) + "\n"
 
 
-def table_csv(runs: dict[str, dict], types: list[str], published: list[dict]) -> str:
-    records = table_rows(runs, types, published)
+def table_csv(
+    runs: dict[str, dict],
+    types: list[str],
+    published: list[dict],
+    general: dict[str, dict] | None = None,
+) -> str:
+    records = table_rows(runs, types, published, general)
     columns = list(dict.fromkeys(k for r in records for k in r))
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, columns, lineterminator="\n")
@@ -227,3 +264,8 @@ def plot(runs: dict[str, dict], types: list[str], published: list[dict], path: P
 
 def _num(value: float | None) -> str:
     return "–" if value is None else f"{value:.2f}"
+
+
+def _general(value: float | None) -> str:
+    # lmms-eval's scales differ (MME's perception score runs to 2000): 3 significant digits.
+    return "–" if value is None else f"{value:.3g}"

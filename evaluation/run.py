@@ -9,6 +9,7 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 from functools import partial
 from pathlib import Path
+from types import ModuleType
 
 from evaluation.compare import write_compare
 from evaluation.metrics import (
@@ -72,6 +73,16 @@ class EvalConfig(BackendConfig, JudgeConfig):
         default=str(DEFAULT_SAMPLES_DIR / "evaluation_dataset.jsonl"),
         metadata={"help": "PIE file (images in images/ beside it)."},
     )
+    benchmark: str = field(
+        default="pie",
+        metadata={"help": "pie, or an engagement benchmark read in its published format "
+                  "(evaluation/benchmarks/): mmupd, vizwiz."},
+    )  # fmt: skip
+    data: str | None = field(
+        default=None,
+        metadata={"help": "The --benchmark's file (mmupd: an mm*_*.tsv; vizwiz: val.json); "
+                  "default: its bundled sample."},
+    )  # fmt: skip
     criteria: str = field(default=str(DEFAULT_CRITERIA_DIR), metadata={"help": "Rubrics."})
     prompts: str = field(default=str(DEFAULT_PROMPTS_DIR), metadata={"help": "Judge template."})
     out: str | None = field(default=None, metadata={"help": "Run folder (outputs/eval/NAME)."})
@@ -108,9 +119,30 @@ def run_eval(cfg: EvalConfig) -> dict:
         return _eval(cfg, Path(cfg.out))
 
 
+def load_items(cfg: EvalConfig, out: Path) -> tuple[list, ModuleType | None, Path]:
+    """The items under test (every row checked before any model call), the benchmark's
+    module (None for PIE) and the data file."""
+    types = load_criteria(cfg.criteria)
+    if cfg.benchmark == "pie":
+        return load_pie(cfg.pie, set(types)), None, find_pie_file(cfg.pie)
+    from evaluation.benchmarks import benchmark
+
+    module = benchmark(cfg.benchmark)
+    data = Path(cfg.data or module.DEFAULT_DATA)
+    if not data.is_file():
+        raise FileNotFoundError(f"--data {data}: {cfg.benchmark} file not found")
+    items = module.load(data, out / "benchmark")
+    unknown = {i.question_type for i in items} - set(types) - {None}
+    if unknown:
+        raise ValueError(f"--criteria {cfg.criteria}: no rubric for {', '.join(sorted(unknown))}")
+    return items, module, data
+
+
 def _eval(cfg: EvalConfig, out: Path) -> dict:
     types = load_criteria(cfg.criteria)
-    items = load_pie(cfg.pie, set(types))  # every row checked before any model call
+    everything, bench, data = load_items(cfg, out)
+    # Items of a question type are judged; a benchmark's control items only answered.
+    items = [i for i in everything if i.question_type]
     # The config holds the name of the key's variable, never a key.
     (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
     stages = {s.strip() for s in cfg.stages.split(",")}
@@ -118,9 +150,18 @@ def _eval(cfg: EvalConfig, out: Path) -> dict:
     # model under test spends time answering.
     judge = resolve_judge(cfg, cfg, cfg.seed, check="judge" in stages)
     stats: list[StageStats] = []
-    answers = _generate(cfg, items, out, stats, "generate" in stages)
+    answers = _generate(cfg, everything, out, stats, "generate" in stages)
     verdicts = _judge(cfg, judge, types, items, answers, out, stats, "judge" in stages)
     metrics = _metrics(cfg, judge, types, items, answers, verdicts, stats)
+    metrics["pie_fingerprint"] = file_hash(data)
+    if bench is not None:
+        metrics["pie"] = str(data)
+        metrics["benchmark"] = bench.score(
+            everything,
+            {k: a["text"] for k, a in answers.items() if a and a["status"] == "ok"},
+            {f"{i.image_id}\0{i.question}": verdict_of(types, i, answers, verdicts)
+             for i in items},
+        )  # fmt: skip
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     if "report" in stages:
         write_reports([metrics], list(types), out)
@@ -135,7 +176,10 @@ def _eval(cfg: EvalConfig, out: Path) -> dict:
 
 
 def _conditioning(cfg: EvalConfig) -> dict | None:
-    """The training record of the model under test, its `conditioning` as this run uses it."""
+    """The training record of the model under test, its `conditioning` as this run uses it.
+
+    `cfg`: any config with `model`, `adapter` and `conditioning` (lmms_model.AnswerConfig too).
+    """
     if cfg.adapter:
         check_adapter(cfg.adapter)  # missing is "not found", not "no macaroon.json"
     record = read_record(cfg.adapter) if cfg.adapter else read_record(cfg.model)
@@ -168,6 +212,8 @@ def _answerer_identity(cfg: EvalConfig, record: dict | None) -> dict:
 
 
 def _answer_backend(cfg: EvalConfig) -> Backend:
+    """The model under test, on its backend (an adapter: hf, its messages left to the caller
+    to condition with `conditioned`)."""
     if not cfg.adapter:
         return open_backend(cfg)
     if cfg.backend != "hf":
@@ -176,6 +222,11 @@ def _answer_backend(cfg: EvalConfig) -> Backend:
             "and pass OUT/merged as --model"
         )
     return on_executor(cfg, partial(_adapter_backend, replace(cfg, executor="local")))
+
+
+# What evaluation/lmms_model.py shares with `macaroon eval`: the same model, conditioned alike.
+conditioning_record = _conditioning
+answer_backend = _answer_backend
 
 
 def _adapter_backend(cfg: EvalConfig) -> Backend:
@@ -300,7 +351,6 @@ def _metrics(cfg, judge, types, items, answers, verdicts, stats) -> dict:
         "stages": [asdict(s) for s in stats],
         "model_calls": sum(s.generated + s.failed for s in stats),
         "pie": cfg.pie,
-        "pie_fingerprint": file_hash(find_pie_file(cfg.pie)),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }  # fmt: skip
 

@@ -74,6 +74,14 @@ def _parse_row(raw: str, number: int, images: Path, known_types: set[str]):
         row = json.loads(raw)
     except json.JSONDecodeError as err:
         return None, f"not valid JSON ({err.msg} at column {err.colno})"
+    return check_row(row, number, images, known_types)
+
+
+def check_row(
+    row: object, number: int, images: Path, known_types: set[str]
+) -> tuple[PieItem | None, str | None]:
+    """One PIE row already parsed (this loader's, or lmms-eval's json loader's): the item,
+    or None and what is wrong with it."""
     if not isinstance(row, dict):
         return None, "expected a JSON object"
     missing = [k for k in KEYS if not isinstance(row.get(k), str) or not row[k].strip()]

@@ -257,3 +257,18 @@ def test_the_page_shows_the_explanation_of_a_verdict_cut_off_inside_it():
     assert judge_explanation('{"verdict":"True","explanation":"it asks which') == "it asks which"
     assert judge_explanation('{"verdict":"True","explanation":"a \\"b\\""}') == 'a "b"'
     assert judge_explanation("Explanation: fine.\nFlag: True") == "Explanation: fine.\nFlag: True"
+
+
+def test_report_sets_capability_beside_engagement(stub, tmp_path, capsys):
+    """`make eval-general OUT=RUN` beside `make eval OUT=RUN`: the report gives both, and
+    plots the AAR against the general score."""
+    assert run(stub, tmp_path) == 0
+    general = {"name": "model-under-test", "general_score": 0.6, "data": "bundled",
+               "tasks": {"pope": {"metric": "pope_accuracy", "score": 0.75},
+                         "mme": {"metric": "mme_perception_score", "score": 250.0}}}  # fmt: skip
+    (tmp_path / "general.json").write_text(json.dumps(general))
+    assert main(["report", str(tmp_path)]) == 0
+    table = (tmp_path / "table.md").read_text()
+    assert "| model | AAR (all items) | AAR (judged) | pope | mme | general score |" in table
+    assert "| model-under-test | 0.25 | 0.40 | 0.75 | 250 | 0.60 |" in table
+    assert (tmp_path / "capability.png").stat().st_size > 0

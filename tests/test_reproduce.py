@@ -55,6 +55,8 @@ BAD_PLANS = [
     ({"data": {"import": ["datasets/samples/VLfeedback_dataset.json"]}},
      "row(s) grpo: METHOD=grpo rewards each answer by its question type's rubric, and the "
      "original MACAROON files carry no question type (8 of 8 records untyped)"),
+    ({"general_tasks": "pope"}, "`general_tasks` must be a list of lmms-eval task names"),
+    ({"general_tasks": ["pope"], "general_data": "no/such/dir"}, "general_data no/such/dir"),
 ]  # fmt: skip
 
 
@@ -70,6 +72,33 @@ def test_a_missing_plan_and_a_broken_one_name_the_file(capsys, tmp_path):
     broken = tmp_path / "broken.yaml"
     broken.write_text("rows: [unclosed\n")
     assert "broken.yaml: not valid YAML" in refused(capsys, broken, tmp_path / "out")
+
+
+def test_general_tasks_add_a_stage_per_row_and_a_column_per_task(tmp_path, capsys):
+    from evaluation.report import capability_plot
+    from evaluation.reproduction import table_csv, table_md
+
+    plan = plan_file(tmp_path, general_tasks=["pope", "mme"])
+    assert main(["reproduce", "--plan", str(plan), "--out", str(tmp_path / "o"),
+                 "--dry_run", "true"]) == 0  # fmt: skip
+    listed = capsys.readouterr().out
+    assert all(f"general {r['name']}" in listed for r in ROWS)
+    assert "general crl" in listed.partition("train crl")[2]  # after the adapter it runs
+    runs = {name: {"types": {}, "aar_all": aar, "aar": aar, "n": 1, "unparsed": 0, "failed": 0}
+            for name, aar in (("base", 0.2), ("crl", 0.8))}  # fmt: skip
+    general = {"base": {"tasks": {"pope": {"score": 0.9, "metric": "pope_accuracy"},
+                                  "mme": {"score": 1400.0, "metric": "mme_perception_score"}},
+                        "general_score": 0.8, "data": "bundled"},
+               "crl": {"tasks": {"pope": {"score": 0.85, "metric": "pope_accuracy"}},
+                       "general_score": 0.85, "data": "bundled"}}  # fmt: skip
+    table = table_md(runs, [], [], "", general)
+    assert "| AAR [95% CI] | general: pope | general: mme | general score |" in table
+    assert "| base | base | 0.20 | 0.9 | 1.4e+03 | 0.8 |" in table
+    assert "| crl | base | 0.80 | 0.85 | – | 0.85 |" in table
+    assert "general: mme" in table_csv(runs, [], [], general).splitlines()[0]
+    assert capability_plot([(n, runs[n]["aar_all"], general[n]["general_score"]) for n in runs],
+                           tmp_path / "capability.png")  # fmt: skip
+    assert (tmp_path / "capability.png").stat().st_size > 0
 
 
 def test_the_table_refuses_rows_judged_by_different_judges():
