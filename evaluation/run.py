@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from functools import partial
 from pathlib import Path
@@ -13,6 +14,13 @@ from evaluation.compare import write_compare
 from evaluation.metrics import FAILED, UNPARSED, summarize, type_metrics
 from evaluation.report import write_reports
 from pipeline import DEFAULT_CRITERIA_DIR, DEFAULT_PROMPTS_DIR, DEFAULT_SAMPLES_DIR
+from pipeline.adapters import (
+    AdapterConfig,
+    adapter_base,
+    answerer_identity,
+    conditioned,
+    trained_record,
+)
 from pipeline.backends import (
     Backend,
     BackendConfig,
@@ -23,9 +31,8 @@ from pipeline.backends import (
     on_executor,
     open_backend,
 )
+from pipeline.backends.trained import SharedEngine, open_trained
 from pipeline.criteria import load_criteria
-from pipeline.families.image_tokens import processor_kwargs
-from pipeline.fingerprint import folder_hash, model_identity
 from pipeline.judge import (
     JudgeConfig,
     judge_item,
@@ -37,26 +44,14 @@ from pipeline.lock import folder_lock
 from pipeline.pie import load_pie
 from pipeline.runner import Item, StageStats, pending, run_stage, stored_stats
 from pipeline.store import RecordStore, file_hash, record_key
-from trainers.inference import TrainedModelBackend, conditioned, read_record
 
 STAGES = ("generate", "judge", "report")
 
 
 @dataclass
-class EvalConfig(BackendConfig, JudgeConfig):
+class EvalConfig(AdapterConfig, BackendConfig, JudgeConfig):
     """`macaroon eval`: the model under test on PIE, judged by a rubric per question type."""
 
-    adapter: str | None = field(
-        default=None, metadata={"help": "A `make train` output folder or one of its "
-                                "checkpoint-N (hf backend); its METHOD decides the "
-                                "conditioning (CRL: `good`)."},
-    )  # fmt: skip
-    conditioning: str | None = field(
-        default=None,
-        metadata={"help": "The reward token put before each question (`good`), or `none`. "
-                  "Unset: what the model's macaroon.json says; an adapter without one is "
-                  "an error unless this says what to do."},
-    )  # fmt: skip
     pie: str = field(
         default=str(DEFAULT_SAMPLES_DIR / "evaluation_dataset.jsonl"),
         metadata={"help": "PIE file (images in images/ beside it)."},
@@ -88,16 +83,43 @@ class EvalConfig(BackendConfig, JudgeConfig):
             )
 
 
-def run_eval(cfg: EvalConfig) -> dict:
+def run_eval(cfg: EvalConfig, shared: SharedEngine | None = None) -> dict:
     """Run the selected stages; returns the metrics (also in OUT/metrics.json).
 
     Holds OUT's lock throughout: another run on OUT stops with LockError before any work.
+    `shared`: the vLLM engine that answers (run_evals), instead of one of the run's own.
     """
     with folder_lock(cfg.out):
-        return _eval(cfg, Path(cfg.out))
+        return _eval(cfg, Path(cfg.out), shared)
 
 
-def _eval(cfg: EvalConfig, out: Path) -> dict:
+def run_evals(cfgs: Sequence[EvalConfig]) -> list[dict]:
+    """Evaluate the base model and several of its adapters, one run each (own OUT).
+
+    On --backend vllm one engine, started when the first answer is needed, holds the base
+    weights once and every adapter as a LoRA (multi-LoRA): a reproduction's eight rows load
+    one base. Its settings (context, memory) are the first run's. Elsewhere, or when the
+    runs do not share a base, each run opens its own backend.
+    """
+    shared = _shared_engine(cfgs)
+    try:
+        return [run_eval(cfg, shared) for cfg in cfgs]
+    finally:
+        if shared is not None:
+            shared.close()
+
+
+def _shared_engine(cfgs: Sequence[EvalConfig]) -> SharedEngine | None:
+    if not cfgs or any(c.backend != "vllm" or c.executor != "local" for c in cfgs):
+        return None
+    records = {c.adapter: trained_record(c) for c in cfgs if c.adapter}
+    bases = {adapter_base(c, records[c.adapter]) if c.adapter else c.model for c in cfgs}
+    if len(bases) != 1:
+        return None
+    return SharedEngine(cfgs[0], bases.pop(), records)
+
+
+def _eval(cfg: EvalConfig, out: Path, shared: SharedEngine | None = None) -> dict:
     types = load_criteria(cfg.criteria)
     items = load_pie(cfg.pie, set(types))  # every row checked before any model call
     # The config holds the name of the key's variable, never a key.
@@ -107,7 +129,7 @@ def _eval(cfg: EvalConfig, out: Path) -> dict:
     # model under test spends time answering.
     judge = resolve_judge(cfg, cfg, cfg.seed, check="judge" in stages)
     stats: list[StageStats] = []
-    answers = _generate(cfg, items, out, stats, "generate" in stages)
+    answers = _generate(cfg, items, out, stats, "generate" in stages, shared)
     verdicts = _judge(cfg, judge, types, items, answers, out, stats, "judge" in stages)
     metrics = _metrics(cfg, judge, types, items, answers, verdicts, stats)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
@@ -123,60 +145,20 @@ def _eval(cfg: EvalConfig, out: Path) -> dict:
     return metrics
 
 
-def _conditioning(cfg: EvalConfig) -> dict | None:
-    """The training record of the model under test, its `conditioning` as this run uses it."""
-    record = read_record(cfg.adapter) if cfg.adapter else read_record(cfg.model)
-    if cfg.conditioning is not None:
-        token = None if cfg.conditioning == "none" else cfg.conditioning
-        return {**(record or {}), "conditioning": token}
-    if cfg.adapter and record is None:
-        raise ValueError(
-            f"{cfg.adapter}: no macaroon.json says how this adapter was trained, so whether "
-            "questions need the reward token is unknown; pass --conditioning good (trained "
-            "with CRL) or --conditioning none"
-        )
-    return record
-
-
-def _answerer_identity(cfg: EvalConfig, record: dict | None) -> dict:
-    """What decides the answers (pipeline/fingerprint.py): the adapter's weights and its
-    base model's content or revision, or the model's; never its folder's name."""
-    if not cfg.adapter:
-        return backend_identity(cfg)
-    record = record or {}
-    base = cfg.model if cfg.model != BackendConfig.model else record.get("base_model")
-    if not base:
-        raise ValueError(f"{cfg.adapter}: its base model is unknown; pass --model BASE")
-    return {
-        "base": model_identity(base, record.get("base_revision")),
-        "adapter": folder_hash(cfg.adapter),
-        "processor": processor_kwargs(base, cfg.max_image_tokens, record.get("base_revision")),
-    }
-
-
-def _answer_backend(cfg: EvalConfig) -> Backend:
+def _answer_backend(cfg: EvalConfig, shared: SharedEngine | None = None) -> Backend:
+    if shared is not None:
+        return shared.backend(cfg.adapter)
     if not cfg.adapter:
         return open_backend(cfg)
-    if cfg.backend != "hf":
-        raise ValueError(
-            "--adapter runs on the hf backend; for vllm or openai, train with --merge true "
-            "and pass OUT/merged as --model"
-        )
-    return on_executor(cfg, partial(_adapter_backend, replace(cfg, executor="local")))
+    opener = partial(open_trained, replace(cfg, executor="local"), trained_record(cfg))
+    return on_executor(cfg, opener)
 
 
-def _adapter_backend(cfg: EvalConfig) -> Backend:
-    # Left at its default, --model means "the adapter's own base" (from macaroon.json).
-    base = None if cfg.model == BackendConfig.model else cfg.model
-    return TrainedModelBackend(
-        cfg.adapter, base, cfg.batch_size, cfg.dtype, condition=False,
-        max_image_tokens=cfg.max_image_tokens, record=_conditioning(cfg),
-    )  # fmt: skip
-
-
-def _generate(cfg, items, out, stats, run) -> dict[str, dict]:
-    record = _conditioning(cfg)
-    answerer = _answerer_identity(cfg, record)
+def _generate(cfg, items, out, stats, run, shared=None) -> dict[str, dict]:
+    record = trained_record(cfg)
+    # An adapter is keyed by its weights and its base, not by the backend: hf, vllm and a
+    # served adapter share their answers.
+    answerer = answerer_identity(cfg, record) or backend_identity(cfg)
     sampling = Sampling(max_tokens=cfg.max_tokens, temperature=cfg.temperature, seed=cfg.seed)
     work = []
     for item in items:
@@ -194,7 +176,7 @@ def _generate(cfg, items, out, stats, run) -> dict[str, dict]:
         }  # fmt: skip
         work.append(Item(key, Request(messages, (item.image,), sampling), fields))
     with RecordStore(out / "generations.jsonl") as store:
-        _stage("generate", work, lambda: _answer_backend(cfg), store, cfg, stats, run)
+        _stage("generate", work, lambda: _answer_backend(cfg, shared), store, cfg, stats, run)
         return {
             f"{i.image_id}\0{i.question}": store.get(w.key)
             for i, w in zip(items, work, strict=True)
@@ -252,7 +234,7 @@ def _metrics(cfg, judge, types, items, answers, verdicts, stats) -> dict:
                 [verdict_of(types, i, answers, verdicts) for i in mine], qtype.tier
             )
     usage = [v.get("usage") or [0, 0] for v in verdicts.values() if v]
-    record = _conditioning(cfg) or {}
+    record = trained_record(cfg) or {}
     # Answers cut off by --max_tokens are judged as they are, and counted here.
     for name, metrics in per_type.items():
         mine = [answers.get(f"{i.image_id}\0{i.question}") for i in items
