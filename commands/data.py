@@ -48,7 +48,8 @@ def cmd_imagine(
     if stages:
         cfg.stages = stages
     with folder_lock(cfg.out):  # before building a model: a refused run does nothing
-        ensure_default_model(cfg.model)
+        if not cfg.adapter:  # with an adapter the default means the adapter's own base
+            ensure_default_model(cfg.model)
         summary = run_imagine(cfg)
     print(imagine_report(summary))
     failed = sum(s["failed"] + s["skipped_failed"] for s in summary["stages"])

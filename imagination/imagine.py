@@ -15,6 +15,13 @@ from imagination.prompts import load_templates
 from imagination.questions import clean_question, question_items, user_questions
 from imagination.responses import KINDS, response_items
 from pipeline import DEFAULT_CRITERIA_DIR, DEFAULT_PROMPTS_DIR, DEFAULT_SAMPLES_DIR
+from pipeline.adapters import (
+    AdapterConfig,
+    ConditionedBackend,
+    adapter_base,
+    answerer_identity,
+    trained_record,
+)
 from pipeline.backends import (
     Backend,
     BackendConfig,
@@ -23,6 +30,7 @@ from pipeline.backends import (
     close_backend,
     open_backend,
 )
+from pipeline.backends.trained import open_trained
 from pipeline.criteria import criteria_hash, load_criteria
 from pipeline.images import list_images
 from pipeline.judge import (
@@ -38,8 +46,12 @@ from pipeline.store import RecordStore
 
 
 @dataclass
-class ImagineConfig(BackendConfig, JudgeConfig):
-    """`macaroon imagine`: build the contrastive preference set from images and criteria."""
+class ImagineConfig(AdapterConfig, BackendConfig, JudgeConfig):
+    """`macaroon imagine`: build the contrastive preference set from images and criteria.
+
+    With --adapter, a trained model imagines (a second round of self-imagination from the
+    CRL model): every prompt gets its conditioning, and every key its identity.
+    """
 
     images: str = field(
         default=str(DEFAULT_SAMPLES_DIR / "images"), metadata={"help": "Image folder."}
@@ -92,15 +104,22 @@ class ImagineConfig(BackendConfig, JudgeConfig):
 
 
 class _LazyBackend:
-    """Opens the backend on first use, so a fully cached run loads no model at all."""
+    """Opens the backend on first use, so a fully cached run loads no model at all.
 
-    def __init__(self, cfg: BackendConfig):
-        self.cfg, self.backend = cfg, None
+    `record`: the trained model's record (ImagineConfig.adapter, or a model folder's own);
+    its conditioning goes before every prompt.
+    """
+
+    def __init__(self, cfg: BackendConfig, record: dict | None = None):
+        self.cfg, self.backend, self.record = cfg, None, record
         self.model_id = cfg.model
 
     def get(self) -> Backend:
         if self.backend is None:
-            self.backend = open_backend(self.cfg)
+            adapter = getattr(self.cfg, "adapter", None)
+            backend = open_trained(self.cfg, self.record) if adapter else open_backend(self.cfg)
+            has_token = self.record and self.record.get("conditioning")
+            self.backend = ConditionedBackend(backend, self.record) if has_token else backend
         return self.backend
 
     def close(self) -> None:
@@ -121,12 +140,14 @@ def _imagine(cfg: ImagineConfig, out: Path) -> dict:
     _stages(cfg)  # reject a bad --stages before any work
     types = load_criteria(cfg.criteria)
     templates = load_templates(cfg.prompts)
-    lazy = _LazyBackend(cfg)
+    record = trained_record(cfg)
+    lazy = _LazyBackend(cfg, record)
     started = time.monotonic()
     stats: list[StageStats] = []
     try:
-        questions = _questions(cfg, types, templates, lazy, out, stats)
-        responses = _responses(cfg, types, templates, questions, lazy, out, stats)
+        identity = imagining_identity(cfg, record)
+        questions = _questions(cfg, types, templates, lazy, out, stats, identity)
+        responses = _responses(cfg, types, templates, questions, lazy, out, stats, identity)
     finally:
         lazy.close()
     pairs = pair_up(questions, responses)
@@ -135,8 +156,11 @@ def _imagine(cfg: ImagineConfig, out: Path) -> dict:
     kept = [pair for pair, reason in zip(pairs, reasons, strict=True) if reason is None]
     dropped = Counter(reason for reason in reasons if reason)
     write_pairs(pairs, reasons, out)  # every pair, kept or dropped with why: for browsing
+    model = f"{adapter_base(cfg, record)}+{cfg.adapter}" if cfg.adapter else cfg.model
     card = {
-        "model": cfg.model,
+        "model": model,
+        "adapter": cfg.adapter,
+        "conditioning": (record or {}).get("conditioning"),
         "backend": cfg.backend,
         "criteria_dir": cfg.criteria,
         "criteria_hash": criteria_hash(types),
@@ -149,7 +173,7 @@ def _imagine(cfg: ImagineConfig, out: Path) -> dict:
             "responses": _sampling(cfg, "response"),
         },
     }
-    rows = dataset_rows(kept, types, templates["feedback"], cfg.model)
+    rows = dataset_rows(kept, types, templates["feedback"], model)
     folder = write_dataset(rows, out, card) if kept and "build" in _stages(cfg) else None
     summary = {
         **card,
@@ -163,6 +187,15 @@ def _imagine(cfg: ImagineConfig, out: Path) -> dict:
     summary["browse"] = str(write_browse(out, summary=summary))
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
+
+
+def imagining_identity(cfg: ImagineConfig, record: dict | None) -> dict:
+    """What decides the imagined text, for record keys: the model (an adapter by its weights
+    and base, whatever the backend) and the conditioning put before every prompt."""
+    identity = answerer_identity(cfg, record) or backend_identity(cfg)
+    if record and record.get("conditioning"):
+        identity = {**identity, "conditioning": record["conditioning"]}
+    return identity
 
 
 def _judge(cfg: ImagineConfig, types, out: Path, stats: list[StageStats]):
@@ -234,14 +267,14 @@ def _stages(cfg: ImagineConfig) -> set[str]:
     return stages
 
 
-def _questions(cfg, types, templates, lazy, out, stats) -> list[dict]:
+def _questions(cfg, types, templates, lazy, out, stats, identity) -> list[dict]:
     if cfg.questions:
         rows = user_questions(cfg.questions, types, cfg.images)
         stats.append(StageStats("questions", total=len(rows), cached=len(rows)))
         return rows
     images = list_images(cfg.images)
     items = question_items(
-        images, types, templates["question"], backend_identity(cfg), cfg.questions_per_type,
+        images, types, templates["question"], identity, cfg.questions_per_type,
         _stage_sampling(cfg, "question"),
     )  # fmt: skip
     with RecordStore(out / "questions.jsonl") as store:
@@ -254,9 +287,9 @@ def _questions(cfg, types, templates, lazy, out, stats) -> list[dict]:
     return questions
 
 
-def _responses(cfg, types, templates, questions, lazy, out, stats) -> dict:
+def _responses(cfg, types, templates, questions, lazy, out, stats, identity) -> dict:
     items = response_items(
-        [q for q in questions if q["question"]], types, templates, backend_identity(cfg),
+        [q for q in questions if q["question"]], types, templates, identity,
         _stage_sampling(cfg, "response"),
     )  # fmt: skip
     with RecordStore(out / "responses.jsonl") as store:
