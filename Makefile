@@ -28,7 +28,7 @@ OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
 
 .DEFAULT_GOAL := help
 .PHONY: help setup check-venv check-gpu-install demo test lint format bench tiny-model imagine \
-	build browse import train eval report clean
+	build browse import train eval report serve clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -74,9 +74,10 @@ format: $(STAMP) ## ruff: fix what can be fixed, format the code
 tiny-model: $(STAMP) ## build the local model: make tiny-model ARCH=qwen2-vl SIZE=small
 	$(BIN)/macaroon tiny-model $(if $(ARCH),--arch $(ARCH)) $(if $(SIZE),--size $(SIZE)) $(if $(OUT),--out $(OUT))
 
-# make imagine [BACKEND=hf|vllm|openai] [MODEL=..] [IMAGES=dir] [QUESTIONS=file.jsonl]
-#              [CRITERIA=dir] [OUT=dir] [ARGS="--option value ..."]
+# make imagine [BACKEND=hf|vllm|openai] [MODEL=..] [ADAPTER=dir] [IMAGES=dir]
+#              [QUESTIONS=file.jsonl] [CRITERIA=dir] [OUT=dir] [ARGS="--option value ..."]
 IMAGINE_OPTS = $(if $(BACKEND),--backend $(BACKEND)) $(if $(MODEL),--model $(MODEL)) \
+	$(if $(ADAPTER),--adapter $(ADAPTER)) \
 	$(if $(IMAGES),--images $(IMAGES)) $(if $(QUESTIONS),--questions $(QUESTIONS)) \
 	$(if $(CRITERIA),--criteria $(CRITERIA)) $(if $(OUT),--out $(OUT)) $(ARGS)
 
@@ -112,6 +113,11 @@ EVAL_OPTS = $(if $(BACKEND),--backend $(BACKEND)) $(if $(MODEL),--model $(MODEL)
 
 eval: $(STAMP) ## PIE: generate -> judge -> report into $(OUT) (default outputs/eval/NAME)
 	$(BIN)/macaroon eval --config configs/eval.yaml $(EVAL_OPTS)
+
+# make serve [MODEL=base] ADAPTER=dir | ADAPTERS="name=dir name=dir" [PORT=n] [ARGS=...]
+serve: $(STAMP) ## vLLM's OpenAI server on 127.0.0.1: MODEL with trained adapters as LoRAs, by name
+	$(BIN)/macaroon serve $(MODEL) $(if $(ADAPTER)$(ADAPTERS),--adapter $(ADAPTER) $(ADAPTERS)) \
+		$(if $(PORT),--port $(PORT)) $(ARGS)
 
 report: $(STAMP) ## compare runs: make report RUNS="outputs/eval/a outputs/eval/b"
 	$(BIN)/macaroon report $(RUNS) $(ARGS)

@@ -17,6 +17,7 @@ from commands.data import (
 from commands.demo import run_demo
 from commands.docs import cmd_docs
 from commands.evaluate import cmd_eval, cmd_report
+from commands.serve import cmd_serve
 from commands.train import cmd_train
 from pipeline.config import ConfigError
 from pipeline.criteria import CriteriaError
@@ -43,6 +44,7 @@ COMMANDS: dict[str, tuple[str, Callable[[Sequence[str]], int]]] = {
     ),
     "report": ("metrics, table, plot; compare runs; judge agreement", cmd_report),
     "eval": ("generate -> judge -> report on PIE", cmd_eval),
+    "serve": ("vLLM's OpenAI server on 127.0.0.1: MODEL + adapters as LoRAs", cmd_serve),
     "docs": ("write docs/CONFIG.md and docs/MODELS.md from the code and data", cmd_docs),
     "demo": ("run the main job on the bundled defaults", run_demo),
 }

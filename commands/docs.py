@@ -182,6 +182,7 @@ def command_configs() -> list[tuple[str, type]]:
     from commands.data import BrowseConfig, CriteriaConfig, ImportConfig
     from commands.demo import DemoConfig
     from commands.evaluate import ReportConfig
+    from commands.serve import ServeConfig
     from evaluation.run import EvalConfig
     from imagination.imagine import ImagineConfig
     from pipeline.tiny_model import TinyModelConfig
@@ -194,6 +195,7 @@ def command_configs() -> list[tuple[str, type]]:
         ("macaroon train METHOD=grpo: the reward judge", RewardJudgeConfig),
         ("macaroon eval / generate / judge", EvalConfig),
         ("macaroon report", ReportConfig),
+        ("macaroon serve", ServeConfig),
         ("macaroon browse", BrowseConfig),
         ("macaroon import", ImportConfig),
         ("macaroon demo", DemoConfig),

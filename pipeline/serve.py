@@ -41,12 +41,15 @@ class VLLMServer:
         max_image_tokens: int | None = None,
         adapters: Sequence[ServedAdapter] = (),
         port: int | None = None,
+        served_name: str | None = None,
     ):
-        """`adapters`: LoRAs served beside `model`, by their names."""
+        """`adapters`: LoRAs served beside `model`, by their names; `served_name`: the
+        model's own name there (default: `model`)."""
         merged = [a.adapter for a in adapters if not a.as_lora]
         if merged:
             raise ValueError(f"{', '.join(merged)}: not LoRAs; serve their folder as the model")
         self.model, self.port, self.adapters = model, port or free_port(), list(adapters)
+        self.served_name = served_name or model
         self.base_url = f"http://127.0.0.1:{self.port}/v1"
         self.max_model_len = max_model_len
         self.dtype, self.max_image_tokens = dtype, max_image_tokens
@@ -59,7 +62,7 @@ class VLLMServer:
         dtype = self.dtype if on_gpu or self.dtype != "auto" else "float32"
         command = [
             sys.executable, "-m", "vllm.entrypoints.openai.api_server",
-            "--model", self.model, "--served-model-name", self.model,
+            "--model", self.model, "--served-model-name", self.served_name,
             "--host", "127.0.0.1", "--port", str(self.port), "--dtype", dtype,
         ]  # fmt: skip
         # Structured replies (the judge's verdict JSON) come compact: with free whitespace
