@@ -5,6 +5,10 @@ code must. The engines of all families run one after another in one process (eng
 start-up is paid once); the server, a process of its own per model (tests/conftest.py's
 vllm_server), runs for the three ways a template and tokenizer can share the BOS: left to
 the tokenizer (LLaVA), written by the template (Gemma 3), none at all (Qwen2-VL).
+
+Each family's engine also serves an adapter (tests/lora_adapters.py: LoRA B drawn non-zero,
+so a random model's answers change) as a LoRA, or merged where vLLM has no LoRA for the
+family; its greedy answers are compared with hf + PEFT's.
 """
 
 import json
@@ -12,9 +16,11 @@ import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 from conftest import SAMPLES
+from lora_adapters import random_adapter
 
 from pipeline.backends import Request, Sampling, generate_in_order
 from pipeline.families import family
@@ -23,13 +29,22 @@ from pipeline.tiny_model import ARCHS
 pytestmark = pytest.mark.vllm
 IMAGE = str(SAMPLES / "images" / "sample_001.jpg")
 QUESTIONS = ["good What colour is the mug?", "good How many dogs are there?"]
+# The adapter's items: five questions on two images.
+ITEMS = [
+    [str(SAMPLES / "images" / name), question]
+    for name in ("sample_001.jpg", "sample_002.jpg")
+    for question in ("What is this?", "Who is here?", "Why is it red?", "Is it raining?",
+                     "Which one is mine?")
+]  # fmt: skip
 
 ENGINES = textwrap.dedent(
     """
     import gc, json, sys
 
-    def main(folders, image, questions):
+    def main(folders, image, questions, adapters, items):
+        from pipeline.adapters import read_record
         from pipeline.backends import Request, Sampling, generate_in_order
+        from pipeline.backends.lora import serve_adapter
         from pipeline.backends.vllm_engine import VLLMBackend
         from pipeline.chat import server_adds_bos
         from PIL import Image
@@ -44,9 +59,16 @@ ENGINES = textwrap.dedent(
                          {"type": "text", "text": "why " * 3000}]}], (image,),
                        Sampling(max_tokens=4))
         picture = Image.open(image).convert("RGB")
+        asked = [Request([{"role": "user", "content": [{"type": "image"},
+                           {"type": "text", "text": q}]}], (i,), Sampling(max_tokens=8))
+                 for i, q in items]
+        settings = dict(max_model_len=2048, engine_kwargs={
+            "max_num_seqs": 8, "limit_mm_per_prompt": {"image": 1}})
         for folder in folders:
-            engine = VLLMBackend(folder, max_model_len=2048, engine_kwargs={
-                "max_num_seqs": 8, "limit_mm_per_prompt": {"image": 1}})
+            # The family's adapter as a LoRA on this engine, or merged where vLLM cannot.
+            adapter = adapters[folder]
+            plan = serve_adapter(adapter, folder, read_record(adapter))
+            engine = VLLMBackend(folder, **settings, adapters=[plan] * plan.as_lora)
             texts = [(c.text, c.finish_reason) for c in generate_in_order(engine, greedy)]
             outputs = engine._run([engine.prompt(r) for r in greedy],
                                   [engine.sampling_params(r.sampling) for r in greedy])
@@ -58,17 +80,26 @@ ENGINES = textwrap.dedent(
             served = engine.llm.chat([chat], engine.sampling_params(greedy[0].sampling),
                                      use_tqdm=False, tokenization_kwargs={
                                          "add_special_tokens": server_adds_bos(folder)})
+            lora = {"as_lora": plan.as_lora, "reason": plan.reason,
+                    "base": [c.text for c in generate_in_order(engine, asked)]}
+            if not plan.as_lora:  # one engine at a time in this process: the merged one next
+                del engine
+                gc.collect()
+                engine = VLLMBackend(plan.model, **settings)
+            trained = engine.with_adapter(plan.name if plan.as_lora else None)
+            lora["texts"] = [c.text for c in generate_in_order(trained, asked)]
             print("RESULT" + json.dumps({
-                "folder": folder, "texts": texts,
+                "folder": folder, "texts": texts, "adapter": lora,
                 "prompts": [list(o.prompt_token_ids) for o in outputs],
                 "tokens": [list(o.outputs[0].token_ids) for o in outputs],
                 "chat_prompt": list(served[0].prompt_token_ids), "samples": samples,
                 "mixed": [[c.ok, c.error] for c in mixed]}), flush=True)
-            del engine
+            del engine, trained
             gc.collect()
 
     if __name__ == "__main__":
-        main(json.loads(sys.argv[1]), sys.argv[2], json.loads(sys.argv[3]))
+        main(json.loads(sys.argv[1]), sys.argv[2], json.loads(sys.argv[3]),
+             json.loads(sys.argv[4]), json.loads(sys.argv[5]))
     """
 )
 
@@ -109,15 +140,33 @@ def hf_tokens(hf, batch):
     return [row[:n] for row, n in zip(tokens, cut, strict=True)]
 
 
-def test_every_family_on_a_vllm_engine_matches_transformers(tiny_model, tmp_path):
-    from pipeline.backends.hf import HFBackend
-
+@pytest.fixture(scope="module")
+def engines(tiny_model, tmp_path_factory):
+    """Every family on a vLLM engine, with an adapter: (folders, adapters, results)."""
     # Every family its file says vLLM loads (docs/MODELS.md's "vllm" column).
     folders = {arch: str(tiny_model(arch)) for arch in ARCHS if family(arch)["vllm"]["loads"]}
-    results = run_script(tmp_path, ENGINES, json.dumps(list(folders.values())), IMAGE,
-                         json.dumps(QUESTIONS))  # fmt: skip
+    root = tmp_path_factory.mktemp("engines")
+    adapters = {arch: str(random_adapter(tiny_model(arch), root / arch)) for arch in folders}
+    by_folder = {folders[arch]: adapters[arch] for arch in folders}
+    args = [list(folders.values()), IMAGE, QUESTIONS, by_folder, ITEMS]
+    results = run_script(root, ENGINES, *[a if a is IMAGE else json.dumps(a) for a in args])
     assert [r["folder"] for r in results] == list(folders.values())
-    for arch, result in zip(folders, results, strict=True):
+    return folders, adapters, dict(zip(folders, results, strict=True))
+
+
+def adapter_requests():
+    return [
+        Request([{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": q}]}],
+                (image,), Sampling(max_tokens=8))
+        for image, q in ITEMS
+    ]  # fmt: skip
+
+
+def test_every_family_on_a_vllm_engine_matches_transformers(engines):
+    from pipeline.backends.hf import HFBackend
+
+    folders, _, results = engines
+    for arch, result in results.items():
         hf = HFBackend(folders[arch])
         greedy = [(c.text, c.finish_reason) for c in generate_in_order(hf, requests(QUESTIONS))]
         # The same prompt tokens, through the engine and through vLLM's chat (server) path.
@@ -134,6 +183,33 @@ def test_every_family_on_a_vllm_engine_matches_transformers(tiny_model, tmp_path
         # One prompt over max_model_len fails alone; its neighbours are answered.
         assert [ok for ok, _ in result["mixed"]] == [True, False, True], arch
         assert "vllm refused the prompt" in result["mixed"][1][1]
+
+
+def test_a_trained_adapter_answers_on_vllm_as_on_hf_in_every_family(engines, capsys):
+    """Greedy answers of each family's adapter through vLLM (a LoRA on the family's engine,
+    or merged where vLLM has none for it) against hf + PEFT, on 10 items."""
+    from pipeline.backends import BackendConfig
+    from pipeline.backends.trained import open_trained
+
+    folders, adapters, results = engines
+    figures = {}
+    for arch, result in results.items():
+        lora = result["adapter"]
+        assert lora["as_lora"] == family(arch)["vllm"]["lora"], (arch, lora["reason"])
+        cfg = BackendConfig(backend="hf", model=folders[arch])
+        cfg.adapter = adapters[arch]
+        record = json.loads((Path(adapters[arch]) / "macaroon.json").read_text())
+        hf = [c.text for c in generate_in_order(open_trained(cfg, record), adapter_requests())]
+        equal = sum(a == b for a, b in zip(lora["texts"], hf, strict=True))
+        changed = sum(a != b for a, b in zip(lora["texts"], lora["base"], strict=True))
+        figures[arch] = (equal, changed)
+        print(f"{arch}: vLLM {'LoRA' if lora['as_lora'] else 'merged'} = hf+peft on "
+              f"{equal}/10 items; differs from the base on {changed}/10")  # fmt: skip
+    with capsys.disabled():
+        print("\n" + "\n".join(f"  adapter on vLLM vs hf, {a}: {e}/10 equal, {c}/10 differ "
+                                f"from base" for a, (e, c) in figures.items()))  # fmt: skip
+    assert all(equal >= 9 for equal, _ in figures.values()), figures
+    assert all(changed >= 9 for _, changed in figures.values()), figures
 
 
 @pytest.mark.parametrize("arch", ["llava", "gemma3", "qwen2-vl"])
