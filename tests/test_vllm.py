@@ -256,3 +256,101 @@ def test_the_openai_server_receives_the_training_prompt(tiny_model, vllm_server,
     )  # fmt: skip
     # Explicit sampling is sampling: the server's generation_config defaults do not apply.
     assert len(set(samples)) > 1
+
+
+EVALS = textwrap.dedent(
+    """
+    import contextlib, gc, io, json, sys
+
+    def main(cfgs, argv):
+        from pipeline.backends import vllm_engine
+
+        starts = []  # every engine this process starts: (model, its LoRAs)
+        original = vllm_engine.VLLMBackend.__init__
+
+        def counted(self, model, *args, **kwargs):
+            starts.append([model, [a.name for a in kwargs.get("adapters", ())]])
+            original(self, model, *args, **kwargs)
+
+        vllm_engine.VLLMBackend.__init__ = counted
+        from commands.cli import main as cli
+        from evaluation.run import EvalConfig, run_evals
+
+        run_evals([EvalConfig(**cfg) for cfg in cfgs])
+        gc.collect()
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            code = cli(argv)
+        print("RESULT" + json.dumps({"starts": starts, "code": code, "out": out.getvalue()}))
+
+    if __name__ == "__main__":
+        main(json.loads(sys.argv[1]), json.loads(sys.argv[2]))
+    """
+)
+
+
+def answers(out):
+    return {r["key"]: r["text"] for r in map(json.loads, (out / "generations.jsonl").open())}
+
+
+def test_one_engine_evaluates_the_base_and_two_adapters_and_merges_a_new_vocabulary_one(
+    tiny_model, tmp_path, capsys
+):
+    """A reproduction's shape: the base and several adapters through `run_evals` load the
+    base weights once; a `--reward_special_tokens` adapter, which vLLM's LoRA cannot carry,
+    is merged once (one line says so) by `macaroon eval --backend vllm --adapter`. Every
+    answer equals hf + PEFT's under the same record key."""
+    from train_data import save_templated
+
+    from commands.cli import main
+
+    llava = str(tiny_model("llava"))
+    pie = tmp_path / "pie"  # ten PIE items
+    pie.mkdir()
+    rows = (SAMPLES / "evaluation_dataset.jsonl").read_text().splitlines()[:10]
+    (pie / "evaluation_dataset.jsonl").write_text("\n".join(rows) + "\n")
+    (pie / "images").symlink_to(SAMPLES / "images")
+    a = random_adapter(tiny_model("llava"), tmp_path / "a", seed=0)
+    b = random_adapter(tiny_model("llava"), tmp_path / "b", seed=1, method="crl")
+    special = tmp_path / "special"
+    data = save_templated(tmp_path / "data", image_names=range(1, 3))
+    assert main(["train", "--config", "configs/train/crl.yaml", "--data", str(data),
+                 "--model_name_or_path", llava, "--output_dir", str(special),
+                 "--reward_special_tokens", "true", "--max_steps", "1",
+                 "--per_device_train_batch_size", "2", "--gradient_accumulation_steps", "1",
+                 "--gradient_checkpointing", "false", "--learning_rate", "5e-2",
+                 "--save_strategy", "no"]) == 0  # fmt: skip
+    common = {"model": llava, "pie": str(pie / "evaluation_dataset.jsonl"), "max_tokens": 8,
+              "progress": False, "stages": "generate"}  # fmt: skip
+    runs = {"base": None, "a": str(a), "b": str(b)}
+    cfgs = [{**common, "backend": "vllm", "max_model_len": 2048, "adapter": adapter,
+             "out": str(tmp_path / f"vllm-{name}")} for name, adapter in runs.items()]  # fmt: skip
+    argv = ["generate", "--backend", "vllm", "--max_model_len", "2048", "--adapter", str(special),
+            "--out", str(tmp_path / "vllm-special"), "--model", llava, "--pie", common["pie"],
+            "--max_tokens", "8", "--progress", "false"]  # fmt: skip
+    (result,) = run_script(tmp_path, EVALS, json.dumps(cfgs), json.dumps(argv))
+    # One engine for the base and both adapters; the merged adapter on one of its own.
+    assert result["starts"][0] == [llava, ["a", "b"]] and len(result["starts"]) == 2
+    assert result["code"] == 0
+    assert "new vocabulary (--reward_special_tokens)" in result["out"]
+    assert result["starts"][1][0] in result["out"] and "merged once" in result["out"]
+    figures = {}
+    for name, adapter in {**runs, "special": str(special)}.items():
+        hf_out = tmp_path / f"hf-{name}"
+        extra = ["--adapter", adapter] if adapter else []
+        assert main(["generate", "--backend", "hf", "--model", llava, "--pie", common["pie"],
+                     "--max_tokens", "8", "--progress", "false", "--out", str(hf_out),
+                     *extra]) == 0  # fmt: skip
+        hf, vllm = answers(hf_out), answers(tmp_path / f"vllm-{name}")
+        assert hf.keys() == vllm.keys(), name  # the backend is not in the key
+        figures[name] = sum(hf[k] == vllm[k] for k in hf)
+    base = answers(tmp_path / "hf-base")
+    changed = {n: sum(t not in base.values() for t in answers(tmp_path / f"hf-{n}").values())
+               for n in ("a", "b", "special")}  # fmt: skip
+    with capsys.disabled():
+        print(f"\n  eval on vLLM vs hf, llava (10 PIE items): {figures} equal; adapters' "
+              f"answers not among the base's: {changed}")  # fmt: skip
+    assert all(equal >= 9 for equal in figures.values()), figures
+    # The random adapters change every answer; one training step of the new-vocabulary
+    # adapter changes some (its `<|good|>` rows and a small LoRA step).
+    assert changed["a"] >= 9 and changed["b"] >= 9 and changed["special"] >= 1, changed

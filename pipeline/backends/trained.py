@@ -51,9 +51,12 @@ def open_trained(cfg: BackendConfig, record: dict | None) -> Backend:
     raise ValueError(f"--backend {cfg.backend!r}: unknown; choose one of hf, vllm, openai")
 
 
-def served_adapter(cfg: BackendConfig, base: str, revision, record) -> ServedAdapter:
-    """How vLLM runs `cfg.adapter`; the one line saying so when not as a LoRA."""
-    served = serve_adapter(cfg.adapter, base, record, revision, None, cfg.trust_remote_code)
+def served_adapter(
+    cfg: BackendConfig, base: str, revision, record, adapter: str | None = None
+) -> ServedAdapter:
+    """How vLLM runs `adapter` (default `cfg.adapter`); one line says so when not as a LoRA."""
+    adapter = adapter or cfg.adapter
+    served = serve_adapter(adapter, base, record, revision, None, cfg.trust_remote_code)
     if not served.as_lora:
         print(served.line(), flush=True)
     return served
@@ -84,7 +87,7 @@ class SharedEngine:
         """`adapters`: folder -> its training record, all trained on `base`."""
         self.cfg, self.base, self.records = cfg, base, adapters
         self.served = {
-            folder: served_adapter(cfg, base, cfg.revision, record)
+            folder: served_adapter(cfg, base, cfg.revision, record, folder)
             for folder, record in adapters.items()
         }
         loras = [s for s in self.served.values() if s.as_lora]
