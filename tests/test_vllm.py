@@ -354,3 +354,79 @@ def test_one_engine_evaluates_the_base_and_two_adapters_and_merges_a_new_vocabul
     # The random adapters change every answer; one training step of the new-vocabulary
     # adapter changes some (its `<|good|>` rows and a small LoRA step).
     assert changed["a"] >= 9 and changed["b"] >= 9 and changed["special"] >= 1, changed
+
+
+def test_macaroon_serve_serves_an_adapter_that_eval_and_imagine_ask_for_by_name(
+    tiny_model, sample_images, tmp_path, capsys
+):
+    """`macaroon serve MODEL --adapter crl=DIR` on loopback: evaluation and imagination by
+    the adapter's name get what hf + PEFT answers, CRL conditioning included; SIGTERM stops
+    the command and its server."""
+    import signal
+    import time
+    import urllib.request
+
+    from commands.cli import main
+    from pipeline.serve import free_port
+
+    llava = str(tiny_model("llava"))
+    crl = random_adapter(tiny_model("llava"), tmp_path / "crl", seed=2, method="crl")
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/v1"
+    env = {**os.environ, "VLLM_LOGGING_LEVEL": "WARNING"}
+    serve = subprocess.Popen(
+        [sys.executable, "-m", "commands.cli", "serve", llava, "--adapter", f"crl={crl}",
+         "--port", str(port), "--log", str(tmp_path / "server.log")],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and serve.poll() is None:
+            try:
+                with urllib.request.urlopen(url + "/models", timeout=2) as reply:
+                    served = {m["id"]: m for m in json.loads(reply.read())["data"]}
+                break
+            except OSError:
+                time.sleep(1)
+        assert serve.poll() is None, (tmp_path / "server.log").read_text()[-3000:]
+        assert served["crl"]["parent"] == llava and served["crl"]["root"] == str(crl.resolve())
+        common = ["--max_tokens", "8", "--progress", "false", "--pie",
+                  str(SAMPLES / "evaluation_dataset.jsonl")]  # fmt: skip
+        by_name = [
+            "--backend",
+            "openai",
+            "--base_url",
+            url,
+            "--model",
+            "crl",
+            "--adapter",
+            str(crl),
+        ]
+        assert main(["generate", *by_name, "--out", str(tmp_path / "served"), *common]) == 0
+        images = sample_images("sample_001.jpg")
+        imagine = ["imagine", "--images", str(images), "--question_max_tokens", "6",
+                   "--response_max_tokens", "4", "--question_temperature", "0",
+                   "--drop_truncated", "false", "--progress", "false"]  # fmt: skip
+        assert main([*imagine, *by_name, "--out", str(tmp_path / "imagine-served")]) in (0, 1)
+    finally:
+        serve.send_signal(signal.SIGTERM)
+        serve.wait(timeout=60)
+    with pytest.raises(OSError):  # the server went with the command
+        urllib.request.urlopen(url + "/models", timeout=2)
+    assert "crl: macaroon eval --backend openai" in serve.stdout.read()
+    hf_argv = ["--backend", "hf", "--adapter", str(crl)]
+    assert main(["generate", *hf_argv, "--out", str(tmp_path / "hf"), *common]) == 0
+    assert main([*imagine, *hf_argv, "--out", str(tmp_path / "imagine-hf")]) in (0, 1)
+    served, hf = answers(tmp_path / "served"), answers(tmp_path / "hf")
+    assert served.keys() == hf.keys()
+    equal = sum(served[k] == hf[k] for k in hf)
+    imagined = {}
+    for run in ("imagine-served", "imagine-hf"):
+        records = (tmp_path / run / "questions.jsonl").open()
+        imagined[run] = {r["key"]: r["text"] for r in map(json.loads, records)}
+    assert imagined["imagine-served"].keys() == imagined["imagine-hf"].keys()
+    same = sum(imagined["imagine-hf"][k] == t for k, t in imagined["imagine-served"].items())
+    with capsys.disabled():
+        print(f"\n  served adapter vs hf: {equal}/{len(hf)} PIE answers, {same}/"
+              f"{len(imagined['imagine-hf'])} imagined questions equal")  # fmt: skip
+    assert equal >= 0.9 * len(hf) and same >= 0.9 * len(imagined["imagine-hf"])
