@@ -202,7 +202,12 @@ def train(
     if init:
         _check_init_base(cfg.init_adapter, init, model_args.model_name_or_path)
     reward = _reward(cfg, judge, args) if cfg.method == "grpo" else None
+    rollouts = None
     if cfg.method == "grpo":
+        from trainers.rollouts import rollout_engine
+
+        rollouts = rollout_engine(args)
+        print(f"GRPO rollouts on {rollouts['engine']}: {rollouts['why']}", flush=True)
         conditioning = (init or {}).get("conditioning")
         judge_cfg = judge if isinstance(judge, RewardJudgeConfig) else RewardJudgeConfig()
         train_dataset = prepare_prompts(cfg, judge_cfg, args.output_dir, conditioning)
@@ -238,7 +243,7 @@ def train(
         run_record, cfg, model_args, rows=len(train_dataset),
         lora=peft_config or (_adapter_config(model) if init else None),
         special_tokens=bool(token_ids) or bool(init and init.get("reward_special_tokens")),
-        init=init,
+        init=init, rollouts=rollouts,
     )  # fmt: skip
     ref_model = None
     if METHODS[cfg.method][1] == "dpo" and peft_config is None:
@@ -303,6 +308,7 @@ def run_record(
     seconds: float | None = None,
     init: dict | None = None,
     judge: dict | None = None,
+    rollouts: dict | None = None,
 ) -> dict:
     """The run's `macaroon.json`: how to load and condition what it saved at step `steps`.
 
@@ -322,6 +328,7 @@ def run_record(
         "init_adapter": cfg.init_adapter,
         "init_method": init.get("method"),
         "judge": judge,  # grpo: judge calls, cached, failed and unparsed over the run
+        "rollouts": rollouts,  # grpo: {"engine": "hf" | "vllm", "why": ...}
         "max_image_tokens": cfg.max_image_tokens,
         "data": cfg.data,
         "general": cfg.general,
