@@ -47,11 +47,10 @@ from pipeline.store import RecordStore
 
 @dataclass
 class ImagineConfig(AdapterConfig, BackendConfig, JudgeConfig):
-    """`macaroon imagine`: build the contrastive preference set from images and criteria.
+    """`macaroon imagine`: build the contrastive preference set from images and criteria."""
 
-    With --adapter, a trained model imagines (a second round of self-imagination from the
-    CRL model): every prompt gets its conditioning, and every key its identity.
-    """
+    # With --adapter a trained model imagines (a second round of self-imagination from the
+    # CRL model): every prompt gets its conditioning, and every key its identity.
 
     images: str = field(
         default=str(DEFAULT_SAMPLES_DIR / "images"), metadata={"help": "Image folder."}
