@@ -13,13 +13,14 @@ family; its greedy answers are compared with hf + PEFT's.
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
 import pytest
-from conftest import SAMPLES
+from conftest import CRITERIA, SAMPLES
 from lora_adapters import random_adapter
 
 from pipeline.backends import Request, Sampling, generate_in_order
@@ -289,6 +290,15 @@ EVALS = textwrap.dedent(
 )
 
 
+def ten_item_pie(folder):
+    """The first ten rows of the bundled PIE sample, images beside them as PIE has them."""
+    folder.mkdir()
+    rows = (SAMPLES / "evaluation_dataset.jsonl").read_text().splitlines()[:10]
+    (folder / "evaluation_dataset.jsonl").write_text("\n".join(rows) + "\n")
+    (folder / "images").symlink_to(SAMPLES / "images")
+    return folder / "evaluation_dataset.jsonl"
+
+
 def answers(out):
     return {r["key"]: r["text"] for r in map(json.loads, (out / "generations.jsonl").open())}
 
@@ -305,11 +315,7 @@ def test_one_engine_evaluates_the_base_and_two_adapters_and_merges_a_new_vocabul
     from commands.cli import main
 
     llava = str(tiny_model("llava"))
-    pie = tmp_path / "pie"  # ten PIE items
-    pie.mkdir()
-    rows = (SAMPLES / "evaluation_dataset.jsonl").read_text().splitlines()[:10]
-    (pie / "evaluation_dataset.jsonl").write_text("\n".join(rows) + "\n")
-    (pie / "images").symlink_to(SAMPLES / "images")
+    pie = ten_item_pie(tmp_path / "pie")
     a = random_adapter(tiny_model("llava"), tmp_path / "a", seed=0)
     b = random_adapter(tiny_model("llava"), tmp_path / "b", seed=1, method="crl")
     special = tmp_path / "special"
@@ -320,7 +326,7 @@ def test_one_engine_evaluates_the_base_and_two_adapters_and_merges_a_new_vocabul
                  "--per_device_train_batch_size", "2", "--gradient_accumulation_steps", "1",
                  "--gradient_checkpointing", "false", "--learning_rate", "5e-2",
                  "--save_strategy", "no"]) == 0  # fmt: skip
-    common = {"model": llava, "pie": str(pie / "evaluation_dataset.jsonl"), "max_tokens": 8,
+    common = {"model": llava, "pie": str(pie), "max_tokens": 8,
               "progress": False, "stages": "generate"}  # fmt: skip
     runs = {"base": None, "a": str(a), "b": str(b)}
     cfgs = [{**common, "backend": "vllm", "max_model_len": 2048, "adapter": adapter,
@@ -390,8 +396,8 @@ def test_macaroon_serve_serves_an_adapter_that_eval_and_imagine_ask_for_by_name(
                 time.sleep(1)
         assert serve.poll() is None, (tmp_path / "server.log").read_text()[-3000:]
         assert served["crl"]["parent"] == llava and served["crl"]["root"] == str(crl.resolve())
-        common = ["--max_tokens", "8", "--progress", "false", "--pie",
-                  str(SAMPLES / "evaluation_dataset.jsonl")]  # fmt: skip
+        pie = ten_item_pie(tmp_path / "pie")
+        common = ["--max_tokens", "8", "--progress", "false", "--pie", str(pie)]
         by_name = [
             "--backend",
             "openai",
@@ -404,7 +410,12 @@ def test_macaroon_serve_serves_an_adapter_that_eval_and_imagine_ask_for_by_name(
         ]
         assert main(["generate", *by_name, "--out", str(tmp_path / "served"), *common]) == 0
         images = sample_images("sample_001.jpg")
-        imagine = ["imagine", "--images", str(images), "--question_max_tokens", "6",
+        criteria = tmp_path / "criteria"  # two question types
+        criteria.mkdir()
+        for rubric in sorted(CRITERIA.glob("*.yaml"))[:2]:
+            shutil.copy(rubric, criteria)
+        imagine = ["imagine", "--images", str(images), "--criteria", str(criteria),
+                   "--question_max_tokens", "6",
                    "--response_max_tokens", "4", "--question_temperature", "0",
                    "--drop_truncated", "false", "--progress", "false"]  # fmt: skip
         assert main([*imagine, *by_name, "--out", str(tmp_path / "imagine-served")]) in (0, 1)
