@@ -441,3 +441,86 @@ def test_macaroon_serve_serves_an_adapter_that_eval_and_imagine_ask_for_by_name(
         print(f"\n  served adapter vs hf: {equal}/{len(hf)} PIE answers, {same}/"
               f"{len(imagined['imagine-hf'])} imagined questions equal")  # fmt: skip
     assert equal >= 0.9 * len(hf) and same >= 0.9 * len(imagined["imagine-hf"])
+
+
+ROLLOUTS = textwrap.dedent(
+    """
+    import gc, json, sys
+    from pathlib import Path
+
+    def main(model, image, data, out):
+        import torch
+        from peft import get_peft_model
+        from PIL import Image
+        from transformers import AutoModelForImageTextToText, AutoProcessor
+        from trl import GRPOConfig, ModelConfig
+        from vllm import SamplingParams
+
+        from trainers.config import MacaroonTrainConfig
+        from trainers.lora_rollouts import LoraRollouts
+        from trainers.model import lora_config
+        from trainers.train import train
+
+        # A policy as GRPO trains it (the trainers' LoRA), B drawn non-zero so it matters.
+        args = ModelConfig(model_name_or_path=model, use_peft=True, lora_dropout=0.0)
+        base = AutoModelForImageTextToText.from_pretrained(model, dtype=torch.float32)
+        policy = get_peft_model(base, lora_config(args, None, base.config.model_type)).eval()
+        generator = torch.Generator().manual_seed(0)
+
+        def draw():
+            with torch.no_grad():
+                for name, weight in policy.named_parameters():
+                    if "lora_B" in name:
+                        weight.copy_(torch.randn(weight.shape, generator=generator))
+
+        # The policy's own greedy answer, as the model card asks it.
+        processor = AutoProcessor.from_pretrained(model)
+        picture = Image.open(image).convert("RGB")
+        chat = [{"role": "user", "content": [{"type": "image"},
+                                             {"type": "text", "text": "What is it?"}]}]
+        text = processor.apply_chat_template(chat, add_generation_prompt=True)
+        inputs = processor(text=[text], images=[picture], return_tensors="pt")
+
+        def hf():
+            with torch.no_grad():
+                ids = policy.generate(**inputs, max_new_tokens=8, do_sample=False)
+            return ids[0, inputs["input_ids"].shape[1]:].tolist()
+
+        rollouts = LoraRollouts(model, Path(out) / "adapters", 2048)
+        greedy = SamplingParams(temperature=0.0, max_tokens=8)
+        steps = []
+        for step in range(2):  # each step: new adapter weights, handed to the same engine
+            draw()
+            steps.append([rollouts.generate(policy, step, [chat], [[picture]], greedy)[0], hf()])
+        rollouts.close()
+        del rollouts
+        gc.collect()
+        config = GRPOConfig(output_dir=str(Path(out) / "grpo"), max_steps=1, num_generations=4,
+                            per_device_train_batch_size=4, gradient_accumulation_steps=1,
+                            max_completion_length=4, save_strategy="no", report_to="none",
+                            bf16=False, use_vllm=True, vllm_mode="colocate")
+        cfg = MacaroonTrainConfig(method="grpo", data=data)
+        trainer = train(cfg, ModelConfig(model_name_or_path=model, use_peft=True), config,
+                        judge=lambda completions, **_: [float(len(c)) for c in completions])
+        record = json.loads((Path(out) / "grpo" / "macaroon.json").read_text())
+        print("RESULT" + json.dumps({"steps": steps, "rollouts": record["rollouts"],
+                                     "trained": trainer.state.global_step}), flush=True)
+
+    if __name__ == "__main__":
+        main(*sys.argv[1:])
+    """
+)
+
+
+def test_grpo_hands_vllm_the_current_adapter_as_a_lora_each_step(tiny_model, tmp_path):
+    """Where TRL's own weight sync fails (CPU), `--use_vllm true` samples GRPO's rollouts on
+    one vLLM engine given the policy's adapter of the current step: greedy rollouts equal
+    the policy's own greedy answer at every step, and a GRPO run records the engine."""
+    from train_data import save_templated
+
+    data = save_templated(tmp_path / "data", image_names=range(1, 3), questions=["Why?"])
+    (result,) = run_script(tmp_path, ROLLOUTS, str(tiny_model("llava")), IMAGE, str(data),
+                           str(tmp_path / "out"))  # fmt: skip
+    (vllm0, hf0), (vllm1, hf1) = result["steps"]
+    assert vllm0 == hf0 and vllm1 == hf1 and vllm0 != vllm1
+    assert result["rollouts"]["engine"] == "vllm-lora" and result["trained"] == 1

@@ -83,8 +83,7 @@ class VLLMBackend:
             tensor_parallel_size=tensor_parallel_size,
             pipeline_parallel_size=pipeline_parallel_size,
             mm_processor_kwargs=limits or None,
-            **engine_lora_kwargs(adapters),
-            **(engine_kwargs or {}),
+            **{**engine_lora_kwargs(adapters), **(engine_kwargs or {})},
         )
         # LoRA ids start at 1 (0 is the base) and stay fixed for the engine's life.
         self.loras = {
