@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from imagination.browse import write_browse, write_pairs
@@ -201,7 +201,11 @@ def _judge(cfg: ImagineConfig, types, out: Path, stats: list[StageStats]):
     """A filter callback: judge both responses of each pair (cached like every stage)."""
     template = load_judge_template(cfg.prompts)
     # The imagining model judges without a key unless it is an API model: checked there.
-    resolved = resolve_judge(cfg, cfg, cfg.seed, check=False)
+    # With a local adapter, its base judges (--judge_model names another judge).
+    runtime = cfg
+    if cfg.adapter and cfg.backend != "openai":
+        runtime = replace(cfg, model=adapter_base(cfg, trained_record(cfg)))
+    resolved = resolve_judge(cfg, runtime, cfg.seed, check=False)
 
     def judge(pairs: list[dict]) -> list[str | None]:
         items = [

@@ -151,3 +151,8 @@ def test_imagination_from_a_crl_adapter_is_conditioned_and_keyed_by_it(
     base_keys = {json.loads(line)["key"] for line in (tmp_path / "base" / "questions.jsonl").open()}
     assert base_keys.isdisjoint(q["key"] for q in questions)
     assert imagine("crl", adapter=str(adapter))[1]["model_calls"] == 0
+    # Filtered by a judge: unless --judge_model says otherwise, the adapter's base judges.
+    _, judged = imagine("crl", adapter=str(adapter), judge_filter=True, judge_backend="hf",
+                        judge_max_tokens=4)  # fmt: skip
+    (stage,) = [s for s in judged["stages"] if s["name"] == "judge"]
+    assert stage["generated"] == 2 * judged["pairs"] and stage["failed"] == 0

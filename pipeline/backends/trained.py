@@ -80,7 +80,8 @@ class SharedEngine:
 
     `backend(adapter)` is the backend for one of them (None: the base); closing it leaves
     the engine running, `close()` ends it. Adapters vLLM cannot apply as LoRAs get an
-    engine of their own when asked for (merged once; one line says why).
+    engine of their own when asked for (merged once; one line says why), beside the shared
+    one: each engine runs in its own process, as vLLM starts them by default.
     """
 
     def __init__(self, cfg: BackendConfig, base: str, adapters: dict[str, dict | None]):
