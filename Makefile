@@ -28,7 +28,7 @@ OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
 
 .DEFAULT_GOAL := help
 .PHONY: help setup check-venv check-gpu-install demo test lint format bench tiny-model imagine \
-	build browse import train eval eval-general report reproduce clean
+	build browse import train eval eval-general report reproduce serve clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -74,9 +74,11 @@ format: $(STAMP) ## ruff: fix what can be fixed, format the code
 tiny-model: $(STAMP) ## build the local model: make tiny-model ARCH=qwen2-vl SIZE=small
 	$(BIN)/macaroon tiny-model $(if $(ARCH),--arch $(ARCH)) $(if $(SIZE),--size $(SIZE)) $(if $(OUT),--out $(OUT))
 
-# make imagine [BACKEND=hf|vllm|openai] [MODEL=..] [IMAGES=dir] [QUESTIONS=file.jsonl]
-#              [CRITERIA=dir] [OUT=dir] [REVIEW=marks.json|none] [ARGS="--option value ..."]
+# make imagine [BACKEND=hf|vllm|openai] [MODEL=..] [ADAPTER=dir] [IMAGES=dir]
+#              [QUESTIONS=file.jsonl] [CRITERIA=dir] [OUT=dir] [REVIEW=marks.json|none]
+#              [ARGS="--option value ..."]
 IMAGINE_OPTS = $(if $(BACKEND),--backend $(BACKEND)) $(if $(MODEL),--model $(MODEL)) \
+	$(if $(ADAPTER),--adapter $(ADAPTER)) \
 	$(if $(IMAGES),--images $(IMAGES)) $(if $(QUESTIONS),--questions $(QUESTIONS)) \
 	$(if $(CRITERIA),--criteria $(CRITERIA)) $(if $(OUT),--out $(OUT)) \
 	$(if $(REVIEW),--review $(REVIEW)) $(ARGS)
@@ -132,6 +134,11 @@ REPRODUCE_OPTS = --plan $(or $(PLAN),configs/reproduce/paper.yaml) $(if $(OUT),-
 
 reproduce: $(STAMP) ## the paper's table: every METHOD trained, judged by one judge, tabulated (PLAN=, OUT=)
 	$(BIN)/macaroon reproduce $(REPRODUCE_OPTS)
+
+# make serve [MODEL=base] ADAPTER=dir | ADAPTERS="name=dir name=dir" [PORT=n] [ARGS=...]
+serve: $(STAMP) ## vLLM's OpenAI server on 127.0.0.1: MODEL with trained adapters as LoRAs, by name
+	$(BIN)/macaroon serve $(MODEL) $(if $(ADAPTER)$(ADAPTERS),--adapter $(ADAPTER) $(ADAPTERS)) \
+		$(if $(PORT),--port $(PORT)) $(ARGS)
 
 report: $(STAMP) ## compare runs: make report RUNS="outputs/eval/a outputs/eval/b"
 	$(BIN)/macaroon report $(RUNS) $(ARGS)

@@ -20,6 +20,7 @@ from commands.errors import explain
 from commands.evaluate import cmd_eval, cmd_report
 from commands.general import cmd_eval_general
 from commands.reproduce import cmd_reproduce
+from commands.serve import cmd_serve
 from commands.train import cmd_train
 
 COMMANDS: dict[str, tuple[str, Callable[[Sequence[str]], int]]] = {
@@ -51,6 +52,7 @@ COMMANDS: dict[str, tuple[str, Callable[[Sequence[str]], int]]] = {
         "the paper's table: every METHOD trained, judged by one judge, tabulated",
         cmd_reproduce,
     ),
+    "serve": ("vLLM's OpenAI server on 127.0.0.1: MODEL + adapters as LoRAs", cmd_serve),
     "docs": ("write docs/CONFIG.md and docs/MODELS.md from the code and data", cmd_docs),
     "demo": ("run the main job on the bundled defaults", run_demo),
 }

@@ -60,8 +60,9 @@ def cmd_imagine(
             f"run `macaroon imagine --out {cfg.out}` first (build makes no model calls)"
         )
     with folder_lock(cfg.out):  # before building a model: a refused run does nothing
-        ensure_default_model(cfg.model)
-        check_backend_model(cfg)
+        if not cfg.adapter:  # with an adapter the default means the adapter's own base
+            ensure_default_model(cfg.model)
+            check_backend_model(cfg)
         if cfg.judge_filter:
             check_judge_model(cfg)
         summary = run_imagine(cfg)

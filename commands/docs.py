@@ -21,6 +21,9 @@ MATRIX = (
      "test_families.py::test_hf_batches_give_what_one_at_a_time_gives"),
     ("vllm", "a vLLM engine: the same prompt and greedy tokens as hf",
      "test_vllm.py::test_every_family_on_a_vllm_engine_matches_transformers"),
+    ("vllm adapter", "a trained adapter on vLLM: greedy answers equal hf + PEFT's (as a LoRA, or "
+     "merged once where vLLM has no LoRA for the family)",
+     "test_vllm.py::test_a_trained_adapter_answers_on_vllm_as_on_hf_in_every_family"),
     ("served", "vLLM's chat path (its OpenAI server) gets the training prompt",
      "test_vllm.py (chat path for every family; the server itself for three)"),
     ("train", "one CRL and one DPO step under TRL; labels end on a stop token",
@@ -99,7 +102,9 @@ def models_reference() -> str:
     ]
     for spec in specs:
         vllm = "yes" if spec["vllm"]["loads"] else f"no: {spec['vllm']['note']}"
-        cells = ["yes", vllm, vllm, "yes", "yes"]
+        adapter = "LoRA" if spec["vllm"].get("lora") else "merged"
+        adapter = adapter if spec["vllm"]["loads"] else vllm
+        cells = ["yes", vllm, adapter, vllm, "yes", "yes"]
         lines.append(f"| `{spec['family']}` | {spec['published']} | " + " | ".join(cells) + " |")
     lines += ["", "What each column means, and the test that checks it for every family:", ""]
     lines += [f"- **{c}**: {meaning} (`tests/{test}`)" for c, meaning, test in MATRIX]
@@ -183,6 +188,7 @@ def command_configs() -> list[tuple[str, type]]:
     from commands.demo import DemoConfig
     from commands.evaluate import ReportConfig
     from commands.reproduce import ReproduceConfig
+    from commands.serve import ServeConfig
     from evaluation.general import GeneralConfig
     from evaluation.run import EvalConfig
     from imagination.imagine import ImagineConfig
@@ -197,6 +203,7 @@ def command_configs() -> list[tuple[str, type]]:
         ("macaroon eval / generate / judge", EvalConfig),
         ("macaroon eval-general (lmms-eval tasks: capability retention)", GeneralConfig),
         ("macaroon report", ReportConfig),
+        ("macaroon serve", ServeConfig),
         ("macaroon browse", BrowseConfig),
         ("macaroon import", ImportConfig),
         ("macaroon demo", DemoConfig),

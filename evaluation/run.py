@@ -6,6 +6,7 @@ import json
 import re
 import shlex
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from functools import partial
 from pathlib import Path
@@ -22,6 +23,13 @@ from evaluation.metrics import (
 )
 from evaluation.report import write_reports
 from pipeline import DEFAULT_CRITERIA_DIR, DEFAULT_PROMPTS_DIR, DEFAULT_SAMPLES_DIR
+from pipeline.adapters import (
+    AdapterConfig,
+    adapter_base,
+    answerer_identity,
+    conditioned,
+    trained_record,
+)
 from pipeline.backends import (
     Backend,
     BackendConfig,
@@ -32,9 +40,8 @@ from pipeline.backends import (
     on_executor,
     open_backend,
 )
+from pipeline.backends.trained import SharedEngine, open_trained
 from pipeline.criteria import load_criteria
-from pipeline.families.image_tokens import processor_kwargs
-from pipeline.fingerprint import folder_hash, model_identity
 from pipeline.judge import (
     JudgeConfig,
     judge_explanation,
@@ -49,26 +56,14 @@ from pipeline.model_source import check_adapter
 from pipeline.pie import find_pie_file, load_pie
 from pipeline.runner import Item, StageStats, pending, run_stage, stored_stats
 from pipeline.store import RecordStore, file_hash, record_key
-from trainers.inference import TrainedModelBackend, conditioned, read_record
 
 STAGES = ("generate", "judge", "report")
 
 
 @dataclass
-class EvalConfig(BackendConfig, JudgeConfig):
+class EvalConfig(AdapterConfig, BackendConfig, JudgeConfig):
     """`macaroon eval`: the model under test on PIE, judged by a rubric per question type."""
 
-    adapter: str | None = field(
-        default=None, metadata={"help": "A `make train` output folder or one of its "
-                                "checkpoint-N (hf backend); its METHOD decides the "
-                                "conditioning (CRL: `good`)."},
-    )  # fmt: skip
-    conditioning: str | None = field(
-        default=None,
-        metadata={"help": "The reward token put before each question (`good`), or `none`. "
-                  "Unset: what the model's macaroon.json says; an adapter without one is "
-                  "an error unless this says what to do."},
-    )  # fmt: skip
     pie: str = field(
         default=str(DEFAULT_SAMPLES_DIR / "evaluation_dataset.jsonl"),
         metadata={"help": "PIE file (images in images/ beside it)."},
@@ -110,13 +105,40 @@ class EvalConfig(BackendConfig, JudgeConfig):
             )
 
 
-def run_eval(cfg: EvalConfig) -> dict:
+def run_eval(cfg: EvalConfig, shared: SharedEngine | None = None) -> dict:
     """Run the selected stages; returns the metrics (also in OUT/metrics.json).
 
     Holds OUT's lock throughout: another run on OUT stops with LockError before any work.
+    `shared`: the vLLM engine that answers (run_evals), instead of one of the run's own.
     """
     with folder_lock(cfg.out):
-        return _eval(cfg, Path(cfg.out))
+        return _eval(cfg, Path(cfg.out), shared)
+
+
+def run_evals(cfgs: Sequence[EvalConfig]) -> list[dict]:
+    """Evaluate the base model and several of its adapters, one run each (own OUT).
+
+    On --backend vllm one engine, started when the first answer is needed, holds the base
+    weights once and every adapter as a LoRA (multi-LoRA): a reproduction's eight rows load
+    one base. Its settings (context, memory) are the first run's. Elsewhere, or when the
+    runs do not share a base, each run opens its own backend.
+    """
+    shared = _shared_engine(cfgs)
+    try:
+        return [run_eval(cfg, shared) for cfg in cfgs]
+    finally:
+        if shared is not None:
+            shared.close()
+
+
+def _shared_engine(cfgs: Sequence[EvalConfig]) -> SharedEngine | None:
+    if not cfgs or any(c.backend != "vllm" or c.executor != "local" for c in cfgs):
+        return None
+    records = {c.adapter: conditioning_record(c) for c in cfgs if c.adapter}
+    bases = {adapter_base(c, records[c.adapter]) if c.adapter else c.model for c in cfgs}
+    if len(bases) != 1:
+        return None
+    return SharedEngine(cfgs[0], bases.pop(), records)
 
 
 def load_items(cfg: EvalConfig, out: Path) -> tuple[list, ModuleType | None, Path]:
@@ -138,7 +160,7 @@ def load_items(cfg: EvalConfig, out: Path) -> tuple[list, ModuleType | None, Pat
     return items, module, data
 
 
-def _eval(cfg: EvalConfig, out: Path) -> dict:
+def _eval(cfg: EvalConfig, out: Path, shared: SharedEngine | None = None) -> dict:
     types = load_criteria(cfg.criteria)
     everything, bench, data = load_items(cfg, out)
     # Items of a question type are judged; a benchmark's control items only answered.
@@ -150,7 +172,7 @@ def _eval(cfg: EvalConfig, out: Path) -> dict:
     # model under test spends time answering.
     judge = resolve_judge(cfg, cfg, cfg.seed, check="judge" in stages)
     stats: list[StageStats] = []
-    answers = _generate(cfg, everything, out, stats, "generate" in stages)
+    answers = _generate(cfg, everything, out, stats, "generate" in stages, shared)
     verdicts = _judge(cfg, judge, types, items, answers, out, stats, "judge" in stages)
     metrics = _metrics(cfg, judge, types, items, answers, verdicts, stats)
     metrics["pie_fingerprint"] = file_hash(data)
@@ -175,72 +197,34 @@ def _eval(cfg: EvalConfig, out: Path) -> dict:
     return metrics
 
 
-def _conditioning(cfg: EvalConfig) -> dict | None:
-    """The training record of the model under test, its `conditioning` as this run uses it.
+def conditioning_record(cfg) -> dict | None:
+    """The training record of the model under test, its `conditioning` as this run uses it
+    (pipeline/adapters.py); a missing adapter folder is "not found", not "no macaroon.json".
 
     `cfg`: any config with `model`, `adapter` and `conditioning` (lmms_model.AnswerConfig too).
     """
     if cfg.adapter:
-        check_adapter(cfg.adapter)  # missing is "not found", not "no macaroon.json"
-    record = read_record(cfg.adapter) if cfg.adapter else read_record(cfg.model)
-    if cfg.conditioning is not None:
-        token = None if cfg.conditioning == "none" else cfg.conditioning
-        return {**(record or {}), "conditioning": token}
-    if cfg.adapter and record is None:
-        raise ValueError(
-            f"{cfg.adapter}: no macaroon.json says how this adapter was trained, so whether "
-            "questions need the reward token is unknown; pass --conditioning good (trained "
-            "with CRL) or --conditioning none"
-        )
-    return record
+        check_adapter(cfg.adapter)
+    return trained_record(cfg)
 
 
-def _answerer_identity(cfg: EvalConfig, record: dict | None) -> dict:
-    """What decides the answers (pipeline/fingerprint.py): the adapter's weights and its
-    base model's content or revision, or the model's; never its folder's name."""
-    if not cfg.adapter:
-        return backend_identity(cfg)
-    record = record or {}
-    base = cfg.model if cfg.model != BackendConfig.model else record.get("base_model")
-    if not base:
-        raise ValueError(f"{cfg.adapter}: its base model is unknown; pass --model BASE")
-    return {
-        "base": model_identity(base, record.get("base_revision")),
-        "adapter": folder_hash(cfg.adapter),
-        "processor": processor_kwargs(base, cfg.max_image_tokens, record.get("base_revision")),
-    }
-
-
-def _answer_backend(cfg: EvalConfig) -> Backend:
-    """The model under test, on its backend (an adapter: hf, its messages left to the caller
-    to condition with `conditioned`)."""
+def answer_backend(cfg, shared: SharedEngine | None = None) -> Backend:
+    """The model under test on its backend: an adapter on every backend (hf: PEFT; vllm: a
+    LoRA, merged once where it cannot be one; openai: served by name); its messages are
+    left to the caller to condition with `conditioned`. Shared with evaluation/lmms_model.py."""
+    if shared is not None:
+        return shared.backend(cfg.adapter)
     if not cfg.adapter:
         return open_backend(cfg)
-    if cfg.backend != "hf":
-        raise ValueError(
-            "--adapter runs on the hf backend; for vllm or openai, train with --merge true "
-            "and pass OUT/merged as --model"
-        )
-    return on_executor(cfg, partial(_adapter_backend, replace(cfg, executor="local")))
+    opener = partial(open_trained, replace(cfg, executor="local"), conditioning_record(cfg))
+    return on_executor(cfg, opener)
 
 
-# What evaluation/lmms_model.py shares with `macaroon eval`: the same model, conditioned alike.
-conditioning_record = _conditioning
-answer_backend = _answer_backend
-
-
-def _adapter_backend(cfg: EvalConfig) -> Backend:
-    # Left at its default, --model means "the adapter's own base" (from macaroon.json).
-    base = None if cfg.model == BackendConfig.model else cfg.model
-    return TrainedModelBackend(
-        cfg.adapter, base, cfg.batch_size, cfg.dtype, condition=False,
-        max_image_tokens=cfg.max_image_tokens, record=_conditioning(cfg),
-    )  # fmt: skip
-
-
-def _generate(cfg, items, out, stats, run) -> dict[str, dict]:
-    record = _conditioning(cfg)
-    answerer = _answerer_identity(cfg, record)
+def _generate(cfg, items, out, stats, run, shared=None) -> dict[str, dict]:
+    record = conditioning_record(cfg)
+    # An adapter is keyed by its weights and its base, not by the backend: hf, vllm and a
+    # served adapter share their answers.
+    answerer = answerer_identity(cfg, record) or backend_identity(cfg)
     sampling = Sampling(max_tokens=cfg.max_tokens, temperature=cfg.temperature, seed=cfg.seed)
     work = []
     for item in items:
@@ -258,7 +242,7 @@ def _generate(cfg, items, out, stats, run) -> dict[str, dict]:
         }  # fmt: skip
         work.append(Item(key, Request(messages, (item.image,), sampling), fields))
     with RecordStore(out / "generations.jsonl") as store:
-        _stage("generate", work, lambda: _answer_backend(cfg), store, cfg, stats, run)
+        _stage("generate", work, lambda: answer_backend(cfg, shared), store, cfg, stats, run)
         return {
             f"{i.image_id}\0{i.question}": store.get(w.key)
             for i, w in zip(items, work, strict=True)
@@ -316,7 +300,7 @@ def _metrics(cfg, judge, types, items, answers, verdicts, stats) -> dict:
             per_type[name] = type_metrics(listed, qtype.tier)
             verdict_lists.append(listed)
     usage = [v.get("usage") or [0, 0] for v in verdicts.values() if v]
-    record = _conditioning(cfg) or {}
+    record = conditioning_record(cfg) or {}
     # Answers cut off by --max_tokens are judged as they are, and counted here.
     for name, metrics in per_type.items():
         mine = [answers.get(f"{i.image_id}\0{i.question}") for i in items

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from imagination.browse import write_browse, write_pairs
@@ -29,6 +29,13 @@ from imagination.review import (
     set_identity,
 )
 from pipeline import DEFAULT_CRITERIA_DIR, DEFAULT_PROMPTS_DIR, DEFAULT_SAMPLES_DIR
+from pipeline.adapters import (
+    AdapterConfig,
+    ConditionedBackend,
+    adapter_base,
+    answerer_identity,
+    trained_record,
+)
 from pipeline.backends import (
     Backend,
     BackendConfig,
@@ -37,6 +44,7 @@ from pipeline.backends import (
     close_backend,
     open_backend,
 )
+from pipeline.backends.trained import open_trained
 from pipeline.criteria import criteria_hash, load_criteria
 from pipeline.images import list_images
 from pipeline.judge import (
@@ -53,8 +61,11 @@ from pipeline.store import RecordStore
 
 
 @dataclass
-class ImagineConfig(BackendConfig, JudgeConfig):
+class ImagineConfig(AdapterConfig, BackendConfig, JudgeConfig):
     """`macaroon imagine`: build the contrastive preference set from images and criteria."""
+
+    # With --adapter a trained model imagines (a second round of self-imagination from the
+    # CRL model): every prompt gets its conditioning, and every key its identity.
 
     images: str = field(
         default=str(DEFAULT_SAMPLES_DIR / "images"), metadata={"help": "Image folder."}
@@ -113,15 +124,22 @@ class ImagineConfig(BackendConfig, JudgeConfig):
 
 
 class _LazyBackend:
-    """Opens the backend on first use, so a fully cached run loads no model at all."""
+    """Opens the backend on first use, so a fully cached run loads no model at all.
 
-    def __init__(self, cfg: BackendConfig):
-        self.cfg, self.backend = cfg, None
+    `record`: the trained model's record (ImagineConfig.adapter, or a model folder's own);
+    its conditioning goes before every prompt.
+    """
+
+    def __init__(self, cfg: BackendConfig, record: dict | None = None):
+        self.cfg, self.backend, self.record = cfg, None, record
         self.model_id = cfg.model
 
     def get(self) -> Backend:
         if self.backend is None:
-            self.backend = open_backend(self.cfg)
+            adapter = getattr(self.cfg, "adapter", None)
+            backend = open_trained(self.cfg, self.record) if adapter else open_backend(self.cfg)
+            has_token = self.record and self.record.get("conditioning")
+            self.backend = ConditionedBackend(backend, self.record) if has_token else backend
         return self.backend
 
     def close(self) -> None:
@@ -144,12 +162,14 @@ def _imagine(cfg: ImagineConfig, out: Path) -> dict:
     marks = read_marks(review_path) if review_path else None  # a bad file stops us here
     types = load_criteria(cfg.criteria)
     templates = load_templates(cfg.prompts)
-    lazy = _LazyBackend(cfg)
+    record = trained_record(cfg)
+    lazy = _LazyBackend(cfg, record)
     started = time.monotonic()
     stats: list[StageStats] = []
     try:
-        questions = _questions(cfg, types, templates, lazy, out, stats)
-        responses = _responses(cfg, types, templates, questions, lazy, out, stats)
+        identity = imagining_identity(cfg, record)
+        questions = _questions(cfg, types, templates, lazy, out, stats, identity)
+        responses = _responses(cfg, types, templates, questions, lazy, out, stats, identity)
     finally:
         lazy.close()
     pairs = pair_up(questions, responses)
@@ -168,8 +188,11 @@ def _imagine(cfg: ImagineConfig, out: Path) -> dict:
         pair["rule"], pair["judge"] = rules[i], judgments[i] if judgments else None
         pair["review"] = {"mark": mark[i], "note": review.notes[i]} if mark[i] else None
     write_pairs(pairs, reasons, out)  # every pair, kept or dropped with why: for browsing
+    model = f"{adapter_base(cfg, record)}+{cfg.adapter}" if cfg.adapter else cfg.model
     card = {
-        "model": cfg.model,
+        "model": model,
+        "adapter": cfg.adapter,
+        "conditioning": (record or {}).get("conditioning"),
         "backend": cfg.backend,
         "criteria_dir": cfg.criteria,
         "criteria_hash": criteria_hash(types),
@@ -186,7 +209,7 @@ def _imagine(cfg: ImagineConfig, out: Path) -> dict:
             "responses": _sampling(cfg, "response"),
         },
     }
-    rows = dataset_rows(kept, types, templates["feedback"], cfg.model)
+    rows = dataset_rows(kept, types, templates["feedback"], model)
     folder = write_dataset(rows, out, card) if kept and "build" in _stages(cfg) else None
     remember(review_path, out)  # after the build: a failed one changes nothing
     summary = {
@@ -214,6 +237,15 @@ def _review_report(review: Review | None, rules: list, judged: list) -> dict | N
     return report
 
 
+def imagining_identity(cfg: ImagineConfig, record: dict | None) -> dict:
+    """What decides the imagined text, for record keys: the model (an adapter by its weights
+    and base, whatever the backend) and the conditioning put before every prompt."""
+    identity = answerer_identity(cfg, record) or backend_identity(cfg)
+    if record and record.get("conditioning"):
+        identity = {**identity, "conditioning": record["conditioning"]}
+    return identity
+
+
 def _judge(cfg: ImagineConfig, types, out: Path, stats: list[StageStats]):
     """Judge both responses of every pair that has two (cached like every stage), the pairs
     the rules drop too, so the page shows where the judge and the rules disagree.
@@ -223,7 +255,11 @@ def _judge(cfg: ImagineConfig, types, out: Path, stats: list[StageStats]):
     "explanation"}, "rejected": {...}}."""
     template = load_judge_template(cfg.prompts)
     # The imagining model judges without a key unless it is an API model: checked there.
-    resolved = resolve_judge(cfg, cfg, cfg.seed, check=False)
+    # With a local adapter, its base judges (--judge_model names another judge).
+    runtime = cfg
+    if cfg.adapter and cfg.backend != "openai":
+        runtime = replace(cfg, model=adapter_base(cfg, trained_record(cfg)))
+    resolved = resolve_judge(cfg, runtime, cfg.seed, check=False)
 
     def judge(pairs: list[dict], rules: list[str | None]) -> list[dict | None]:
         chosen = [i for i, rule in enumerate(rules) if rule not in UNJUDGEABLE]
@@ -305,14 +341,14 @@ def _stages(cfg: ImagineConfig) -> set[str]:
     return stages
 
 
-def _questions(cfg, types, templates, lazy, out, stats) -> list[dict]:
+def _questions(cfg, types, templates, lazy, out, stats, identity) -> list[dict]:
     if cfg.questions:
         rows = user_questions(cfg.questions, types, cfg.images)
         stats.append(StageStats("questions", total=len(rows), cached=len(rows)))
         return rows
     images = list_images(cfg.images)
     items = question_items(
-        images, types, templates["question"], backend_identity(cfg), cfg.questions_per_type,
+        images, types, templates["question"], identity, cfg.questions_per_type,
         _stage_sampling(cfg, "question"),
     )  # fmt: skip
     with RecordStore(out / "questions.jsonl") as store:
@@ -325,9 +361,9 @@ def _questions(cfg, types, templates, lazy, out, stats) -> list[dict]:
     return questions
 
 
-def _responses(cfg, types, templates, questions, lazy, out, stats) -> dict:
+def _responses(cfg, types, templates, questions, lazy, out, stats, identity) -> dict:
     items = response_items(
-        [q for q in questions if q["question"]], types, templates, backend_identity(cfg),
+        [q for q in questions if q["question"]], types, templates, identity,
         _stage_sampling(cfg, "response"),
     )  # fmt: skip
     with RecordStore(out / "responses.jsonl") as store:

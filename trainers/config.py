@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from pipeline import DEFAULT_CRITERIA_DIR, DEFAULT_PROMPTS_DIR
+from pipeline.adapters import RECORD_FILE  # noqa: F401 - trainers read it from here
 from pipeline.families.image_tokens import DEFAULT_MAX_IMAGE_TOKENS
 from pipeline.judge import JudgeConfig
 
@@ -25,7 +26,6 @@ METHODS = {
     "grpo": ("prompts", "grpo"),
 }
 INIT_METHODS = ("crl", "sft")  # what --init_adapter may start GRPO from
-RECORD_FILE = "macaroon.json"  # written beside the adapter: METHOD, reward tokens, base
 
 
 @dataclass

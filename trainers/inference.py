@@ -6,41 +6,16 @@ evaluates it does not need to know how it was trained: a CRL model gets its `goo
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
 
+from pipeline.adapters import RECORD_FILE, conditioned, read_record
 from pipeline.backends import Completion, Request
 from pipeline.backends.hf import HFBackend
 from pipeline.families.image_tokens import processor_kwargs
-from pipeline.model_source import model_errors
-from trainers.collator import with_reward_token
-from trainers.config import RECORD_FILE
 
-
-def read_record(folder: str | Path) -> dict | None:
-    """The training record in `folder`, or None where there is none (a base model)."""
-    path = Path(folder) / RECORD_FILE
-    if not path.is_file():
-        return None
-    try:
-        record = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ValueError(
-            f"{path}: damaged ({err}); `macaroon train` writes it: retrain, or copy it from "
-            "the run's final folder"
-        ) from err
-    if not isinstance(record, dict):
-        raise ValueError(f"{path}: expected a JSON object (as `macaroon train` writes it)")
-    return record
-
-
-def conditioned(messages: list[dict], record: dict | None) -> list[dict]:
-    """The messages as the trained model expects them (CRL: reward token `good` first)."""
-    if record and record.get("conditioning"):
-        return with_reward_token(messages, record["conditioning"])
-    return messages
+__all__ = ["TrainedModelBackend", "conditioned", "read_record"]
 
 
 class TrainedModelBackend(HFBackend):
@@ -71,21 +46,11 @@ class TrainedModelBackend(HFBackend):
             max_image_tokens=max_image_tokens,
         )  # fmt: skip
         if is_adapter:
-            self._attach(trained, processor_kwargs(base, max_image_tokens, revision))
+            self.attach_adapter(
+                trained, self.record, processor_kwargs(base, max_image_tokens, revision)
+            )
         self.model_id = f"{base}+{trained}" if is_adapter else trained
         self.method = (self.record or {}).get("method")
-
-    def _attach(self, adapter: str, limits: dict) -> None:
-        from peft import PeftModel
-        from transformers import AutoProcessor
-
-        if self.record and self.record.get("reward_special_tokens"):
-            # The adapter's tokenizer holds the new reward tokens; the base needs their rows.
-            self.processor = AutoProcessor.from_pretrained(adapter, **limits)
-            self.processor.tokenizer.padding_side = "left"
-            self.model.resize_token_embeddings(len(self.processor.tokenizer))
-        with model_errors(adapter, "--adapter"):
-            self.model = PeftModel.from_pretrained(self.model, adapter).eval()
 
     def generate(self, requests: Sequence[Request]) -> Iterator[Completion]:
         if self.condition:

@@ -206,7 +206,12 @@ def train(
     if init:
         _check_init_base(cfg.init_adapter, init, model_args.model_name_or_path)
     reward = _reward(cfg, judge, args) if cfg.method == "grpo" else None
+    rollouts = None
     if cfg.method == "grpo":
+        from trainers.rollouts import rollout_engine
+
+        rollouts = rollout_engine(args, _rollout_obstacle(cfg, model_args, init))
+        print(f"GRPO rollouts on {rollouts['engine']}: {rollouts['why']}", flush=True)
         conditioning = (init or {}).get("conditioning")
         judge_cfg = judge if isinstance(judge, RewardJudgeConfig) else RewardJudgeConfig()
         train_dataset = prepare_prompts(cfg, judge_cfg, args.output_dir, conditioning)
@@ -242,7 +247,7 @@ def train(
         run_record, cfg, model_args, rows=len(train_dataset),
         lora=peft_config or (_adapter_config(model) if init else None),
         special_tokens=bool(token_ids) or bool(init and init.get("reward_special_tokens")),
-        init=init,
+        init=init, rollouts=rollouts,
     )  # fmt: skip
     ref_model = None
     if METHODS[cfg.method][1] == "dpo" and peft_config is None:
@@ -250,7 +255,9 @@ def train(
         ref_model, _ = load_model_and_processor(
             model_args, args.trust_remote_code, cfg.max_image_tokens
         )
-    trainer = _trainer(cfg, model, processor, train_dataset, peft_config, args, ref_model, reward)
+    trainer = _trainer(
+        cfg, model, processor, train_dataset, peft_config, args, ref_model, reward, rollouts
+    )
     started = time.monotonic()
     name_fsdp_layers(trainer.accelerator, trainer.model)
     trainer.add_callback(CheckpointRecord(record, started))
@@ -262,6 +269,8 @@ def train(
     finally:
         if hasattr(reward, "close"):  # the judge's server and record store
             reward.close()
+        if getattr(trainer, "rollouts", None) is not None:  # the rollouts' vLLM engine
+            trainer.rollouts.close()
     if hasattr(reward, "counts"):
         counts = {k: reward.counts[k] for k in ("calls", "cached", "judged", "unparsed", "failed")}
         record = functools.partial(record, judge=counts)
@@ -307,6 +316,7 @@ def run_record(
     seconds: float | None = None,
     init: dict | None = None,
     judge: dict | None = None,
+    rollouts: dict | None = None,
 ) -> dict:
     """The run's `macaroon.json`: how to load and condition what it saved at step `steps`.
 
@@ -326,6 +336,7 @@ def run_record(
         "init_adapter": cfg.init_adapter,
         "init_method": init.get("method"),
         "judge": judge,  # grpo: judge calls, cached, failed and unparsed over the run
+        "rollouts": rollouts,  # grpo: {"engine": "hf" | "vllm", "why": ...}
         "max_image_tokens": cfg.max_image_tokens,
         "data": cfg.data,
         "general": cfg.general,
@@ -418,14 +429,39 @@ def _adapter_config(model):
     return model.peft_config["default"]
 
 
-def _trainer(cfg, model, processor, dataset, peft_config, args, ref_model=None, reward=None):
+def _rollout_obstacle(cfg: MacaroonTrainConfig, model_args, init: dict | None) -> str | None:
+    """Why this GRPO run's adapter cannot be handed to vLLM as a LoRA each step, or None."""
+    from pipeline.backends.lora import lora_obstacle
+
+    if init:
+        config = json.loads((Path(cfg.init_adapter) / "adapter_config.json").read_text())
+    elif not model_args.use_peft:
+        return "none (--use_peft false trains the whole model)"
+    else:
+        config = {"peft_type": "LORA", "r": model_args.lora_r,
+                  "modules_to_save": model_args.lora_modules_to_save}  # fmt: skip
+    return lora_obstacle(config, init, model_args.model_name_or_path, model_args.model_revision)
+
+
+def _trainer(
+    cfg, model, processor, dataset, peft_config, args, ref_model=None, reward=None, rollouts=None
+):
     if METHODS[cfg.method][1] == "grpo":
         from trl import GRPOTrainer
 
-        return GRPOTrainer(
+        trainer_class, engine = GRPOTrainer, None
+        if rollouts and rollouts["engine"] == "vllm-lora":
+            from trainers.lora_rollouts import LoraRollouts, lora_grpo_trainer
+
+            engine = LoraRollouts(model.name_or_path, Path(args.output_dir) / "rollout_adapters",
+                                  args.vllm_max_model_length)  # fmt: skip
+            trainer_class = lora_grpo_trainer(engine)
+        trainer = trainer_class(
             model=model, reward_funcs=[reward], args=args, train_dataset=dataset,
             processing_class=processor, peft_config=peft_config,
         )  # fmt: skip
+        trainer.rollouts = engine
+        return trainer
     # Labels end on a token generation stops on, whatever the chat template writes.
     stops = stop_token_ids(processor.tokenizer, model.generation_config)
     if METHODS[cfg.method][1] == "dpo":

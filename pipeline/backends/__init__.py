@@ -221,42 +221,65 @@ def open_backend(cfg: BackendConfig, extra_body: dict | None = None) -> Backend:
             trust_remote_code=cfg.trust_remote_code, max_image_tokens=cfg.max_image_tokens,
         )  # fmt: skip
     if cfg.backend == "vllm":
-        from pipeline.backends.vllm_engine import VLLMBackend
-
-        return VLLMBackend(
-            cfg.model, cfg.tensor_parallel_size,
-            gpu_memory_utilization=cfg.gpu_memory_utilization, max_model_len=cfg.max_model_len,
-            dtype=cfg.dtype, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code,
-            max_image_tokens=cfg.max_image_tokens,
-        )  # fmt: skip
+        return open_vllm(cfg, cfg.model, cfg.revision)
     if cfg.backend == "openai":
-        from pipeline.backends.openai_api import OpenAIBackend
-
-        base_url, server, extra_body = cfg.base_url, None, dict(extra_body or {})
-        if (Path(cfg.model) / "config.json").is_file():
-            from pipeline.chat import server_adds_bos
-
-            # vLLM's chat endpoint adds no special tokens; ask for the BOS the template leaves
-            # to the tokenizer, so the served prompt is the one training saw.
-            if server_adds_bos(cfg.model):
-                extra_body.setdefault("add_special_tokens", True)
-            if not base_url:
-                from pipeline.serve import VLLMServer
-
-                server = VLLMServer(
-                    cfg.model, max_model_len=cfg.max_model_len, dtype=cfg.dtype,
-                    max_image_tokens=cfg.max_image_tokens,
-                ).start()  # fmt: skip
-                base_url = server.base_url
-        backend = OpenAIBackend(
-            cfg.model, base_url, cfg.api_key_env, cfg.concurrency, cfg.max_retries, cfg.timeout,
-            extra_body=extra_body or None, max_retry_wait=cfg.max_retry_wait,
-            extended_sampling=cfg.extended_sampling,
-            max_connection_failures=cfg.max_connection_failures,
-        )  # fmt: skip
-        backend.server = server  # stopped by close_backend
-        return backend
+        server = None
+        if (Path(cfg.model) / "config.json").is_file() and not cfg.base_url:
+            server = start_server(cfg, cfg.model)
+        return open_served(cfg, cfg.model, cfg.model, server, extra_body)
     raise ValueError(f"--backend {cfg.backend!r}: unknown; choose one of {', '.join(BACKENDS)}")
+
+
+def open_vllm(cfg: BackendConfig, model: str, revision: str | None = None, adapters=()):
+    """A vLLM engine on `model` with `cfg`'s settings, serving `adapters` as LoRAs."""
+    from pipeline.backends.vllm_engine import VLLMBackend
+
+    return VLLMBackend(
+        model, cfg.tensor_parallel_size, gpu_memory_utilization=cfg.gpu_memory_utilization,
+        max_model_len=cfg.max_model_len, dtype=cfg.dtype, revision=revision,
+        trust_remote_code=cfg.trust_remote_code, max_image_tokens=cfg.max_image_tokens,
+        adapters=adapters,
+    )  # fmt: skip
+
+
+def start_server(cfg: BackendConfig, model: str, adapters=()):
+    """A vLLM OpenAI-compatible server of the local folder `model` (and `adapters`) on
+    127.0.0.1 for this run; close_backend stops it."""
+    from pipeline.serve import VLLMServer
+
+    return VLLMServer(
+        model, max_model_len=cfg.max_model_len, dtype=cfg.dtype,
+        max_image_tokens=cfg.max_image_tokens, adapters=adapters,
+    ).start()  # fmt: skip
+
+
+def open_served(
+    cfg: BackendConfig, name: str, folder: str | None, server=None, extra_body: dict | None = None
+) -> Backend:
+    """The openai backend asking for the model `name` at `server` (else --base_url).
+
+    `folder`: the local model folder behind `name` (a served adapter's base), whose
+    tokenizer says whether the request must ask for the BOS.
+    """
+    from pipeline.backends.openai_api import OpenAIBackend
+
+    extra_body = dict(extra_body or {})
+    if folder and (Path(folder) / "config.json").is_file():
+        from pipeline.chat import server_adds_bos
+
+        # vLLM's chat endpoint adds no special tokens; ask for the BOS the template leaves
+        # to the tokenizer, so the served prompt is the one training saw.
+        if server_adds_bos(folder):
+            extra_body.setdefault("add_special_tokens", True)
+    base_url = server.base_url if server else cfg.base_url
+    backend = OpenAIBackend(
+        name, base_url, cfg.api_key_env, cfg.concurrency, cfg.max_retries, cfg.timeout,
+        extra_body=extra_body or None, max_retry_wait=cfg.max_retry_wait,
+        extended_sampling=cfg.extended_sampling,
+        max_connection_failures=cfg.max_connection_failures,
+    )  # fmt: skip
+    backend.server = server  # stopped by close_backend
+    return backend
 
 
 def on_executor(cfg: BackendConfig, factory: Callable[[], Backend]) -> Backend:

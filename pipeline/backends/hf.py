@@ -42,6 +42,22 @@ class HFBackend:
         self.model.eval()
         self._ids_only_generation_config()
 
+    def attach_adapter(self, adapter: str, record: dict | None, limits: dict) -> None:
+        """Run the PEFT adapter in `adapter` on this base model (`limits`: the processor's
+        image-token cap). An adapter trained with new reward tokens brings its tokenizer,
+        and the base gets rows for them."""
+        from peft import PeftModel
+        from transformers import AutoProcessor
+
+        if record and record.get("reward_special_tokens"):
+            self.processor = AutoProcessor.from_pretrained(adapter, **limits)
+            self.processor.tokenizer.padding_side = "left"
+            self.model.resize_token_embeddings(len(self.processor.tokenizer))
+        from pipeline.model_source import model_errors
+
+        with model_errors(adapter, "--adapter"):  # a missing or foreign adapter, named
+            self.model = PeftModel.from_pretrained(self.model, adapter).eval()
+
     def _ids_only_generation_config(self) -> None:
         """Keep the model's stop and pad ids, drop its sampling defaults.
 
