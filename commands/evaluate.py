@@ -19,7 +19,10 @@ from pipeline.files import read_json_file
 from pipeline.lock import folder_lock
 
 
-def cmd_eval(argv: Sequence[str], prog: str = "macaroon eval", stages: str | None = None) -> int:
+def cmd_eval(
+    argv: Sequence[str], prog: str = "macaroon eval", stages: str | None = None, shared=None
+) -> int:
+    """`shared`: a vLLM engine that already holds this run's base and adapter (reproduce)."""
     from evaluation.run import EvalConfig, run_eval
 
     (cfg,) = parse_config([EvalConfig], argv, prog)
@@ -27,7 +30,7 @@ def cmd_eval(argv: Sequence[str], prog: str = "macaroon eval", stages: str | Non
         cfg.stages = stages
     with folder_lock(cfg.out):  # before building a model: a refused run does nothing
         check_eval_models(cfg, "judge" in cfg.stages)
-        metrics = run_eval(cfg)
+        metrics = run_eval(cfg, shared)
     print(eval_report(metrics, cfg.out))
     failed = sum(s["failed"] + s["skipped_failed"] for s in metrics["stages"])
     # Incomplete: a stage with failed items, or a run meant to judge with verdicts missing.

@@ -39,6 +39,27 @@ from pipeline.lock import folder_lock
 from pipeline.store import record_key
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+# Generation options that decide where and how fast answers are made, not what they say:
+# out of every key, as in the answers' own record keys (an adapter's hf and vLLM answers
+# are the same records).
+RUNTIME_KNOBS = {
+    "backend",
+    "batch_size",
+    "executor",
+    "replicas",
+    "ray_address",
+    "ray_batch_size",
+    "gpus_per_replica",
+    "cpus_per_replica",
+    "tensor_parallel_size",
+    "gpu_memory_utilization",
+    "concurrency",
+    "max_retries",
+    "max_retry_wait",
+    "timeout",
+    "progress",
+    "max_connection_failures",
+}
 
 
 @dataclass
@@ -116,11 +137,22 @@ def plan_stages(plan: Plan, out: Path) -> list[Stage]:
         if plan.general_tasks:
             folder = out / "rows" / row.name / "general"
             stages.append(Stage(f"general {row.name}", "general", row, folder, parent))
+    if _one_engine(plan):  # every training first, then every evaluation on one engine
+        stages.sort(key=lambda s: s.kind == "eval")
     records = _records(out)
     by_name = {s.name: s for s in stages}
     for stage in stages:
         _mark(plan, stage, by_name, records)
     return stages
+
+
+def _one_engine(plan: Plan) -> bool:
+    """On vLLM the rows' evaluations share one engine: the base weights load once and each
+    row's adapter is a LoRA on it (evaluation.run.shared_engine)."""
+    return (
+        plan.generation.get("backend") == "vllm"
+        and plan.generation.get("executor", "local") == "local"
+    )
 
 
 def _mark(plan: Plan, stage: Stage, by_name: dict[str, Stage], records: dict) -> None:
@@ -191,7 +223,7 @@ def _parts(plan: Plan, stage: Stage, by_name: dict[str, Stage], records: dict) -
     return {
         "model": base if trained is None else trained.key,
         "pie": _pie_hash(plan),
-        "generation": plan.generation,
+        "generation": {k: v for k, v in plan.generation.items() if k not in RUNTIME_KNOBS},
         "judge": _judge_identity(plan),
         "criteria": tree_hash(resolve_path(plan.criteria)),
         "prompts": tree_hash(resolve_path(plan.prompts)),
@@ -327,7 +359,7 @@ def run_plan(plan: Plan, out: Path) -> int:
         ensure_default_model(DEFAULT_MODEL)
     started, status, timings = time.monotonic(), 0, {}
     with ExitStack() as stack:
-        judge_url = _judge_server(plan, out, stack)
+        context = {"judge_url": _judge_server(plan, out, stack), "stack": stack}
         total = len(plan_stages(plan, out))
         for number in range(1, total + 1):
             stages = plan_stages(plan, out)  # keys of later stages follow what just ran
@@ -337,7 +369,7 @@ def run_plan(plan: Plan, out: Path) -> int:
                 continue
             print(f"[{number}/{total}] {stage.name}: running ({stage.why})", flush=True)
             began = time.monotonic()
-            code, extra = RUNNERS[stage.kind](plan, stage, out, judge_url)
+            code, extra = RUNNERS[stage.kind](plan, stage, out, context)
             seconds = time.monotonic() - began
             timings[stage.name] = seconds
             status |= code
@@ -377,7 +409,7 @@ def _judge_server(plan: Plan, out: Path, stack: ExitStack) -> Callable[[], str |
     return url
 
 
-def _run_data(plan: Plan, stage: Stage, out: Path, judge_url) -> tuple[int, dict]:
+def _run_data(plan: Plan, stage: Stage, out: Path, context: dict) -> tuple[int, dict]:
     from commands.data import cmd_imagine, cmd_import
     from pipeline.fingerprint import tree_hash
 
@@ -410,7 +442,7 @@ def _run_data(plan: Plan, stage: Stage, out: Path, judge_url) -> tuple[int, dict
     return code, {"output": tree_hash((folder / "dataset").resolve())}
 
 
-def _run_train(plan: Plan, stage: Stage, out: Path, judge_url) -> tuple[int, dict]:
+def _run_train(plan: Plan, stage: Stage, out: Path, context: dict) -> tuple[int, dict]:
     from commands.train import cmd_train
 
     row = stage.row
@@ -435,7 +467,7 @@ def _run_train(plan: Plan, stage: Stage, out: Path, judge_url) -> tuple[int, dic
     if method == "grpo":
         options |= {
             **plan.judge,
-            "judge_base_url": judge_url(),
+            "judge_base_url": context["judge_url"](),
             "criteria": plan.criteria,
             "prompts": plan.prompts,
         }
@@ -447,9 +479,18 @@ def _run_train(plan: Plan, stage: Stage, out: Path, judge_url) -> tuple[int, dic
     return cmd_train(["--config", str(config)]), {}
 
 
-def _run_eval(plan: Plan, stage: Stage, out: Path, judge_url) -> tuple[int, dict]:
+def _run_eval(plan: Plan, stage: Stage, out: Path, context: dict) -> tuple[int, dict]:
     from commands.evaluate import cmd_eval
 
+    config = _eval_config(plan, stage, out, context["judge_url"]())
+    shared = _shared(plan, out, context) if _one_engine(plan) else None
+    code = cmd_eval(["--config", str(config)], shared=shared)
+    metrics = json.loads((stage.folder / "metrics.json").read_text())
+    return code, {"model_calls": metrics["model_calls"]}
+
+
+def _eval_config(plan: Plan, stage: Stage, out: Path, judge_url: str | None) -> Path:
+    """The row's `macaroon eval` options, written to rows/ROW/eval.yaml."""
     row = stage.row
     options = {
         **plan.generation,
@@ -462,19 +503,35 @@ def _run_eval(plan: Plan, stage: Stage, out: Path, judge_url) -> tuple[int, dict
         "prompts": plan.prompts,
         "progress": False,
         **plan.judge,
-        "judge_base_url": judge_url(),
+        "judge_base_url": judge_url,
     }
     if row.method != BASE:
         options["adapter"] = str(out / "rows" / row.name / "adapter")
     # A rerun of an incomplete stage retries only its failed items (the rest is stored).
     options["retry_failed"] = (_records(out).get(stage.name) or {}).get("status") == "incomplete"
-    config = _write_yaml(out / "rows" / row.name / "eval.yaml", options)
-    code = cmd_eval(["--config", str(config)])
-    metrics = json.loads((stage.folder / "metrics.json").read_text())
-    return code, {"model_calls": metrics["model_calls"]}
+    return _write_yaml(out / "rows" / row.name / "eval.yaml", options)
 
 
-def _run_general(plan: Plan, stage: Stage, out: Path, judge_url) -> tuple[int, dict]:
+def _shared(plan: Plan, out: Path, context: dict):
+    """The one vLLM engine of this run's evaluations: the base and every row's adapter to
+    evaluate, made when the first evaluation runs (every training has run by then)."""
+    if "shared" not in context:
+        from evaluation.run import EvalConfig, shared_engine
+
+        todo = [s for s in plan_stages(plan, out) if s.kind == "eval" and s.state != "done"]
+        configs = [_eval_config(plan, s, out, context["judge_url"]()) for s in todo]
+        cfgs = [parse_config([EvalConfig], ["--config", str(c)], "macaroon eval")[0]
+                for c in configs]  # fmt: skip
+        engine = shared_engine(cfgs)
+        if engine is not None:
+            context["stack"].callback(engine.close)
+            rows = ", ".join(s.row.name for s in todo)
+            print(f"  one vLLM engine for the evaluations of {rows}: the base loads once")
+        context["shared"] = engine
+    return context["shared"]
+
+
+def _run_general(plan: Plan, stage: Stage, out: Path, context: dict) -> tuple[int, dict]:
     from commands.general import cmd_eval_general
 
     row = stage.row

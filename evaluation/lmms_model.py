@@ -16,8 +16,8 @@ from lmms_eval.api.model import lmms
 
 from evaluation.general import AnswerConfig
 from evaluation.run import answer_backend, conditioning_record
+from pipeline.adapters import conditioned
 from pipeline.backends import Request, Sampling, close_backend, generate_in_order
-from trainers.inference import conditioned
 
 
 class MacaroonLMM(lmms):

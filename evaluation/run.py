@@ -123,7 +123,7 @@ def run_evals(cfgs: Sequence[EvalConfig]) -> list[dict]:
     one base. Its settings (context, memory) are the first run's. Elsewhere, or when the
     runs do not share a base, each run opens its own backend.
     """
-    shared = _shared_engine(cfgs)
+    shared = shared_engine(cfgs)
     try:
         return [run_eval(cfg, shared) for cfg in cfgs]
     finally:
@@ -131,7 +131,9 @@ def run_evals(cfgs: Sequence[EvalConfig]) -> list[dict]:
             shared.close()
 
 
-def _shared_engine(cfgs: Sequence[EvalConfig]) -> SharedEngine | None:
+def shared_engine(cfgs: Sequence[EvalConfig]) -> SharedEngine | None:
+    """One vLLM engine for every run of `cfgs` (the base and its adapters as LoRAs), or
+    None where they cannot share one (another backend, Ray, different bases)."""
     if not cfgs or any(c.backend != "vllm" or c.executor != "local" for c in cfgs):
         return None
     records = {c.adapter: conditioning_record(c) for c in cfgs if c.adapter}

@@ -28,14 +28,14 @@ def test_stage_packages_import(package):
 
 
 PACKAGES = ("commands", "pipeline", "imagination", "trainers", "evaluation")
-# Who may import whom (docs/DESIGN.md §3): commands on top, the stages in the middle, the
-# ground floor (pipeline) importing nothing above it. evaluation may use trainers' inference
-# helper and nothing else of it; nothing imports the command layer.
+# Who may import whom (docs/DESIGN.md §3): commands on top, the stages in the middle, each
+# importing only the ground floor (pipeline), which imports nothing above it; nothing
+# imports the command layer.
 ALLOWED = {
     "commands": {"pipeline", "imagination", "trainers", "evaluation"},
     "imagination": {"pipeline"},
     "trainers": {"pipeline"},
-    "evaluation": {"pipeline", "trainers.inference"},
+    "evaluation": {"pipeline"},
     "pipeline": set(),
 }
 
@@ -82,7 +82,7 @@ def test_imports_run_downward():
         ("pipeline/store.py", "from imagination.build import write_dataset"),
         ("pipeline/judge.py", "    from commands.cli import main"),  # inside a function too
         ("trainers/prompts.py", "from evaluation.metrics import summarize"),
-        ("evaluation/report.py", "from trainers.train import run_train"),
+        ("evaluation/report.py", "from trainers.inference import TrainedModelBackend"),
         ("imagination/build.py", "import commands.cli"),
     ],
 )

@@ -210,8 +210,10 @@ def test_tiny_plan_end_to_end_killed_resumed_and_one_row_edited(
         edited = yaml.safe_load(plan.read_text())
         row = next(r for r in edited["rows"] if r["name"] == "multiturn")
         row["train"] = {**row.get("train", {}), "learning_rate": 5.0e-4}
-        # Training launched as a command (as under accelerate), a runtime knob: not keyed.
+        # Runtime knobs, not keyed: training launched as a command (as under accelerate),
+        # answers made on vLLM (one engine, the base once, each adapter a LoRA on it).
         edited["train_launch"] = [sys.executable]
+        edited["generation"] = {**edited["generation"], "backend": "vllm"}
         plan.write_text(yaml.safe_dump(edited))
         wanted = {"train multiturn", "eval multiturn", "train sft_after_multiturn",
                   "eval sft_after_multiturn"}  # fmt: skip
@@ -224,3 +226,4 @@ def test_tiny_plan_end_to_end_killed_resumed_and_one_row_edited(
         output = capsys.readouterr().out
         assert _started(output) == wanted
         assert output.count(f"launching: {sys.executable} -m commands.cli train") == 2
+        assert "one vLLM engine for the evaluations of multiturn, sft_after_multiturn" in output
