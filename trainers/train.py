@@ -273,6 +273,8 @@ def train(
             trainer.rollouts.close()
     if hasattr(reward, "counts"):
         counts = {k: reward.counts[k] for k in ("calls", "cached", "judged", "unparsed", "failed")}
+        # Over every process's answers, counted where they were judged: rank 0 (JudgeReward).
+        counts.update(processes=args.world_size, counted_on_rank=0)
         record = functools.partial(record, judge=counts)
         print(
             f"reward judge: {counts['calls']} calls, {counts['cached']} from the record store; "
@@ -405,9 +407,8 @@ def _reward(cfg: MacaroonTrainConfig, judge, args):
     from trainers.reward import JudgeReward
 
     judge = judge or RewardJudgeConfig()
+    # One store for all processes: rank 0 alone opens it and judges for every rank.
     store = Path(judge.judge_records or Path(args.output_dir) / "judgments.jsonl")
-    if args.world_size > 1:  # one writer per record store: each process keeps its own
-        store = store.with_name(f"{store.stem}-{args.process_index}{store.suffix}")
     return JudgeReward(judge, store, args.max_completion_length)
 
 
