@@ -77,7 +77,10 @@ def run_stage(
     `backend` may be None when nothing needs generating (it is only opened on demand by
     the caller if `pending(...)` is non-empty).
     """
-    stats = StageStats(name, total=len(items), cut_short=int(store.dropped_line is not None))
+    # The same work asked twice (a repeated question, a pair whose two responses read the
+    # same) is done once and counted once.
+    unique = len({item.key for item in items})
+    stats = StageStats(name, total=unique, cut_short=int(store.dropped_line is not None))
     todo = pending(items, store, retry_failed, stats)
     if not todo:
         stats.failures = failure_reasons(items, store)
@@ -85,7 +88,7 @@ def run_stage(
     if backend is None:
         raise RuntimeError(f"stage {name}: {len(todo)} items to generate but no backend")
     start = time.monotonic()
-    bar = tqdm(total=len(items), initial=len(items) - len(todo), desc=name, disable=not progress)
+    bar = tqdm(total=unique, initial=unique - len(todo), desc=name, disable=not progress)
     try:
         for completion in backend.generate([item.request for item in todo]):
             item = todo[completion.index]
@@ -118,8 +121,9 @@ def run_stage(
 
 def stored_stats(name: str, items: Sequence[Item], store: RecordStore) -> StageStats:
     """The stats of a stage left out of --stages: what its store holds, nothing generated."""
+    keys = {item.key for item in items}
     return StageStats(
-        name, total=len(items), cached=sum(store.is_ok(item.key) for item in items),
+        name, total=len(keys), cached=sum(store.is_ok(key) for key in keys),
         cut_short=int(store.dropped_line is not None), failures=failure_reasons(items, store),
     )  # fmt: skip
 
