@@ -28,7 +28,7 @@ from pathlib import Path
 import yaml
 
 from pipeline import DEFAULT_SAMPLES_DIR
-from pipeline.backends import BackendConfig
+from pipeline.adapters import AnswerConfig
 
 BUNDLED = DEFAULT_SAMPLES_DIR / "general"
 DEFAULT_TASKS = "pope,mme,scienceqa_img"
@@ -43,21 +43,6 @@ PRIMARY = {
     "macaroon_pie": ("aar_all", 1.0),
 }
 DATA_SUFFIXES = {".parquet": "parquet", ".jsonl": "json", ".json": "json", ".csv": "csv"}
-
-
-@dataclass
-class AnswerConfig(BackendConfig):
-    """The model that answers: BackendConfig, plus an adapter and its conditioning."""
-
-    adapter: str | None = field(
-        default=None, metadata={"help": "A `make train` output folder (hf backend); its METHOD "
-                                "decides the conditioning (CRL: `good`)."},
-    )  # fmt: skip
-    conditioning: str | None = field(
-        default=None,
-        metadata={"help": "Reward token before each question (`good`) or `none`; unset: what "
-                  "the model's macaroon.json says."},
-    )  # fmt: skip
 
 
 @dataclass

@@ -14,9 +14,8 @@ from pathlib import Path
 
 from lmms_eval.api.model import lmms
 
-from evaluation.general import AnswerConfig
 from evaluation.run import answer_backend, conditioning_record
-from pipeline.adapters import conditioned
+from pipeline.adapters import AnswerConfig, conditioned
 from pipeline.backends import Request, Sampling, close_backend, generate_in_order
 
 

@@ -40,6 +40,13 @@ class AdapterConfig:
     )  # fmt: skip
 
 
+@dataclass
+class AnswerConfig(AdapterConfig, BackendConfig):
+    """The model that answers: a model on its backend, or a trained adapter of it with the
+    adapter's conditioning (lmms-eval's tasks use it; `macaroon eval` adds PIE and the
+    judge)."""
+
+
 def read_record(folder: str | Path) -> dict | None:
     """The training record in `folder`, or None where there is none (a base model)."""
     path = Path(folder) / RECORD_FILE
@@ -55,11 +62,6 @@ def read_record(folder: str | Path) -> dict | None:
     if not isinstance(record, dict):
         raise ValueError(f"{path}: expected a JSON object (as `macaroon train` writes it)")
     return record
-
-
-def is_adapter(folder: str | Path) -> bool:
-    """A PEFT adapter folder (else full weights: --use_peft false, --train_last_layers)."""
-    return (Path(folder) / "adapter_config.json").is_file()
 
 
 def conditioned(messages: list[dict], record: dict | None) -> list[dict]:

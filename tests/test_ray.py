@@ -106,7 +106,8 @@ def test_identical_ray_rerun_makes_no_model_call(on_ray):
     _, out, cfg = on_ray
     again = run_imagine(cfg)
     assert again["model_calls"] == 0
-    assert all(s["generated"] == 0 and s["cached"] == s["total"] for s in again["stages"]), again["stages"]
+    stages = again["stages"]
+    assert all(s["generated"] == 0 and s["cached"] == s["total"] for s in stages), stages
 
 
 class DiesOnce:

@@ -22,9 +22,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.adapters import is_adapter
 from pipeline.families import family_of
 from pipeline.fingerprint import cache_dir, folder_hash, model_identity
+
+
+def is_adapter(folder: str | Path) -> bool:
+    """A PEFT adapter folder (else full weights: --use_peft false, --train_last_layers)."""
+    return (Path(folder) / "adapter_config.json").is_file()
+
 
 VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # vllm.config.lora.MaxLoRARanks
 MERGE_FORMAT = 1  # part of a merged folder's key: bump when merging changes

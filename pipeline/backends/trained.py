@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import replace
 
-from pipeline.adapters import adapter_base, is_adapter
+from pipeline.adapters import adapter_base
 from pipeline.backends import (
     Backend,
     BackendConfig,
@@ -25,7 +25,7 @@ from pipeline.backends import (
     open_vllm,
     start_server,
 )
-from pipeline.backends.lora import ServedAdapter, adapter_name, serve_adapter
+from pipeline.backends.lora import ServedAdapter, adapter_name, is_adapter, serve_adapter
 from pipeline.families.image_tokens import processor_kwargs
 
 
