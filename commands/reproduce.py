@@ -357,7 +357,7 @@ def run_plan(plan: Plan, out: Path) -> int:
         ensure_default_model(plan.model)
     if Path(plan.judge.get("judge_model") or "") == Path(DEFAULT_MODEL):
         ensure_default_model(DEFAULT_MODEL)
-    started, status, timings = time.monotonic(), 0, {}
+    started, status = time.monotonic(), 0
     with ExitStack() as stack:
         context = {"judge_url": _judge_server(plan, out, stack), "stack": stack}
         total = len(plan_stages(plan, out))
@@ -371,7 +371,6 @@ def run_plan(plan: Plan, out: Path) -> int:
             began = time.monotonic()
             code, extra = RUNNERS[stage.kind](plan, stage, out, context)
             seconds = time.monotonic() - began
-            timings[stage.name] = seconds
             status |= code
             _save_record(out, stage, "done" if code == 0 else "incomplete", seconds, **extra)
             left = sum(s.state != "done" for s in stages[number:])
