@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageFile, UnidentifiedImageError
 
 EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
+# PIL's switch for padding a cut-off file out with grey is process-wide, and libraries turn
+# it on when imported (lmms-eval does). A cut-off image must stay an error here, not a
+# different picture under the same key: it is switched off while we decode.
+_STRICT = threading.Lock()
 
 
 def list_images(directory: str | Path) -> list[Path]:
@@ -26,8 +31,12 @@ def list_images(directory: str | Path) -> list[Path]:
 def open_image(path: str | Path) -> Image.Image:
     """An RGB image, or a ValueError naming the file (missing, truncated, not an image)."""
     try:
-        with Image.open(path) as image:
-            return image.convert("RGB")
+        with _STRICT, Image.open(path) as image:
+            lenient, ImageFile.LOAD_TRUNCATED_IMAGES = ImageFile.LOAD_TRUNCATED_IMAGES, False
+            try:
+                return image.convert("RGB")
+            finally:
+                ImageFile.LOAD_TRUNCATED_IMAGES = lenient
     except FileNotFoundError as err:
         raise ValueError(f"{path}: image not found") from err
     except (UnidentifiedImageError, OSError) as err:
