@@ -20,7 +20,6 @@ from __future__ import annotations
 import functools
 import json
 import math
-import re
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -28,7 +27,7 @@ from pathlib import Path
 import yaml
 
 from pipeline import DEFAULT_SAMPLES_DIR
-from pipeline.adapters import AnswerConfig
+from pipeline.adapters import AnswerConfig, run_folder, run_name
 
 BUNDLED = DEFAULT_SAMPLES_DIR / "general"
 DEFAULT_TASKS = "pope,mme,scienceqa_img"
@@ -64,12 +63,9 @@ class GeneralConfig(AnswerConfig):
 
     def __post_init__(self) -> None:
         if self.name is None:
-            parts = [Path(self.model.rstrip("/")).name]
-            if self.adapter:
-                parts.append(Path(self.adapter.rstrip("/")).name)
-            self.name = "+".join(parts)
+            self.name = run_name(self)
         if self.out is None:
-            self.out = f"outputs/general/{re.sub(r'[^A-Za-z0-9_.+-]', '_', self.name)}"
+            self.out = run_folder("outputs/general", self.name)
         if not self.task_names():
             raise ValueError("--tasks: give one or more lmms-eval task names (pope,mme,...)")
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 import shlex
 import time
 from collections.abc import Sequence
@@ -28,6 +27,8 @@ from pipeline.adapters import (
     adapter_base,
     answerer_identity,
     conditioned,
+    run_folder,
+    run_name,
     trained_record,
 )
 from pipeline.backends import (
@@ -92,12 +93,9 @@ class EvalConfig(AdapterConfig, BackendConfig, JudgeConfig):
     def __post_init__(self) -> None:
         JudgeConfig.__post_init__(self)
         if self.name is None:
-            parts = [Path(self.model.rstrip("/")).name]
-            if self.adapter:
-                parts.append(Path(self.adapter.rstrip("/")).name)
-            self.name = "+".join(parts)
+            self.name = run_name(self)
         if self.out is None:
-            self.out = f"outputs/eval/{re.sub(r'[^A-Za-z0-9_.+-]', '_', self.name)}"
+            self.out = run_folder("outputs/eval", self.name)
         unknown = {s.strip() for s in self.stages.split(",")} - set(STAGES)
         if unknown:
             raise ValueError(

@@ -9,6 +9,7 @@ trained: a CRL model gets its `good` token on every backend.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -45,6 +46,19 @@ class AnswerConfig(AdapterConfig, BackendConfig):
     """The model that answers: a model on its backend, or a trained adapter of it with the
     adapter's conditioning (lmms-eval's tasks use it; `macaroon eval` adds PIE and the
     judge)."""
+
+
+def run_name(cfg) -> str:
+    """A run's default name: the model's folder name, `+` the adapter's (`llava-tiny+crl`)."""
+    parts = [Path(cfg.model.rstrip("/")).name]
+    if cfg.adapter:
+        parts.append(Path(cfg.adapter.rstrip("/")).name)
+    return "+".join(parts)
+
+
+def run_folder(root: str, name: str) -> str:
+    """ROOT/NAME with the characters a folder name should not hold replaced."""
+    return f"{root}/{re.sub(r'[^A-Za-z0-9_.+-]', '_', name)}"
 
 
 def read_record(folder: str | Path) -> dict | None:
